@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages s5video needs. Idempotent: installs only what is missing; needs root (or sudo).
+#   ffmpeg  - transcoding in tools/make_shards.py, reference decodes in tests and benchmarks
+set -euo pipefail
+PKGS=(ffmpeg)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,29 @@
+"""s5video: long-form video models (ViS4mer, S5 = Selective S4, LSMCL) trained from streamed shards.
+
+Install (CPU): ``make install`` or
+``pip install -c requirements/constraints.txt torch==2.13.0 && pip install -c requirements/constraints.txt -e .[dali,dev]``.
+"""
+from setuptools import setup
+
+setup(
+    name="s5video",
+    version="0.1.0",
+    description="Train long-form state-space video models (ViS4mer, S5, LSMCL) from WebDataset shards",
+    python_requires=">=3.10",
+    packages=["trainer", "models", "data", "launchers", "tools"],
+    install_requires=[
+        "torch==2.13.0",
+        "numpy",
+        "webdataset>=1.0",
+        "av>=12",
+        "PyYAML>=6",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.
+        "dali": ["nvidia-dali-cuda120>=2.0"],
+        "dali-cu13": ["nvidia-dali-cuda130>=2.0"],
+        "dev": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["s5video-make-shards=tools.make_shards:main"]},
+)

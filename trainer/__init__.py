@@ -1,0 +1,1 @@
+"""s5video trainer package."""

@@ -1,0 +1,328 @@
+"""Typed run configuration: YAML files with inheritance + ``section.key=value`` overrides -> dataclasses.
+
+A config file is a YAML mapping of sections (``run``, ``data``, ``model``, ...). It may name parent
+files in a top-level ``base:`` list (paths relative to the file); parents are merged first, in
+order, then the file itself, then command-line overrides. Every key is checked against the
+dataclasses below: an unknown key or a value of the wrong type raises :class:`ConfigError` naming
+the dotted key and the closest valid keys or the allowed values.
+
+Example::
+
+    cfg = load_config("configs/coin.yaml", ["train.max_steps=100", "data.shards=cache/coin"])
+    save_config(cfg, cfg.run.dir)  # writes <run.dir>/config.yaml, the resolved config
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the dotted key."""
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run lives."""
+
+    dir: str = "runs/default"  # output directory: checkpoints, logs, resolved config
+    mode: Literal["pretrain", "finetune", "eval"] = "finetune"
+    seed: int = 1112
+    init_from: str | None = None  # checkpoint directory of a pretraining run (finetune only)
+
+
+@dataclass
+class DataConfig:
+    """Streaming data: shards written by ``tools/make_shards.py`` and clip sampling."""
+
+    shards: str = ""  # directory with manifest.json, a brace pattern, pipe: or fsspec URL
+    backend: Literal["auto", "dali", "cpu", "features"] = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    batch_size: int = 8  # clips per rank per micro-step
+    num_workers: int = 2
+    image_size: int = 224  # pixels, square crop fed to the frame encoder
+    fps: float = 1.0  # frames per second sampled from the video
+    frames: int = 60  # T: frames per clip (finetune/eval)
+    clip_seconds: float = 60.0  # span of one clip/window, seconds
+    eval_stride_seconds: float = 1.0  # LVU protocol: windows every 1 s
+    eval_clip: Literal["center", "full", "windows"] = "center"
+    long_frames: int = 16  # LSMCL long clip T_long
+    long_seconds: float = 16.0  # S_long
+    short_frames: int = 4  # LSMCL short clip T_short
+    short_seconds: float = 4.0  # S_short
+    short_inside_long: bool = True  # place the short clip inside the long span
+    shuffle_buffer: int = 64
+    features: str | None = None  # FFCV .beton of frozen features (backend=features)
+
+
+@dataclass
+class ModelConfig:
+    """Model choice; names come from ``models.list_models()``."""
+
+    name: str = "s5_debug"
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str | None = None  # local checkpoint path, None = packaged default
+    num_classes: int = 0  # 0 = from the shards' manifest
+    task: Literal["classification", "regression", "multilabel"] = "classification"
+    width: int = 1024  # decoder input channels
+    depth: int = 3
+    state_size: int = 64  # N, SSM state size
+    kernel: Literal["s4d", "s4"] = "s4d"
+    pool: Literal["avg1d", "max_st"] = "avg1d"
+    dropout: float = 0.2
+    keep_ratio: float = 0.5  # S5: fraction of tokens kept by the mask generator
+    mask_generator: Literal[
+        "linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random"
+    ] = "linear_s4"
+    gumbel_temperature: float = 1.0
+    momentum: float = 0.996  # EMA m for the momentum S4 / key encoder
+    mask_ratio: float = 0.5  # LSMCL eta
+    contrastive_temperature: float = 0.07  # LSMCL rho
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    max_steps: int = 1000
+    lr: float = 1e-3
+    ssm_lr: float = 1e-3  # A, B, dt group
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16"] = "bf16"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    eval_every_steps: int = 500
+    max_nonfinite_steps: int = 10  # stop after this many NaN/inf losses in a row
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing; ``resume: auto`` = the latest valid checkpoint in ``run.dir``."""
+
+    every_steps: int = 500
+    keep_last: int = 3
+    resume: str = "auto"  # "auto", "none" or a checkpoint directory
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class LaunchConfig:
+    """Slurm defaults for ``launchers/submit.py`` (CLI flags override)."""
+
+    nodes: int = 1
+    gpus_per_node: int = 8
+    cpus_per_task: int = 10
+    partition: str | None = None
+    time_min: int = 4320
+    account: str | None = None
+    qos: str | None = None
+    max_requeues: int = 3
+    finetunes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read ``path`` and merge its ``base:`` parents first (depth-first, in list order)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    bases = raw.pop("base", []) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for b in bases:
+        _deep_merge(merged, _read_yaml(path.parent / b, seen + (path,)))
+    _deep_merge(merged, raw)
+    return merged
+
+
+def _deep_merge(dst: dict, src: dict) -> dict:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into (["section", "key"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: key must be section.key (e.g. train.max_steps=10)")
+    return parts, yaml.safe_load(value) if value.strip() != "" else ""
+
+
+def _closest(name: str, options: list[str]) -> str:
+    near = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f"did you mean {', '.join(near)}?" if near else f"valid keys: {', '.join(options)}"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            raise ConfigError(f"unknown config key {key!r}: {_closest(str(k), names)}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a mapping of keys, got {v!r}")
+            kwargs[k] = _build(tp, v, f"{key}.")
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Validate a nested dict into a :class:`Config` (raises :class:`ConfigError`)."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (with its ``base:`` parents) and apply ``overrides`` (``section.key=value``).
+
+    Raises:
+        ConfigError: unknown key (with the closest valid keys), wrong type or disallowed value
+            (with the allowed values), missing file, circular ``base:``.
+    """
+    data = _read_yaml(Path(path)) if path else {}
+    for o in overrides:
+        parts, value = parse_override(o)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {o!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    cfg = config_from_dict(data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    positive = {
+        "data.batch_size": cfg.data.batch_size, "data.frames": cfg.data.frames,
+        "data.image_size": cfg.data.image_size, "data.fps": cfg.data.fps,
+        "train.max_steps": cfg.train.max_steps, "train.grad_accum": cfg.train.grad_accum,
+        "checkpoint.every_steps": cfg.checkpoint.every_steps, "logging.every_steps": cfg.logging.every_steps,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {v}")
+    if not 0.0 < cfg.model.keep_ratio <= 1.0:
+        raise ConfigError(f"model.keep_ratio: must be in (0, 1], got {cfg.model.keep_ratio}")
+    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+        raise ConfigError(f"model.mask_ratio: must be in [0, 1), got {cfg.model.mask_ratio}")
+    if cfg.data.short_seconds > cfg.data.long_seconds and cfg.data.short_inside_long:
+        raise ConfigError("data.short_seconds: must be <= data.long_seconds when data.short_inside_long is true")
+    if cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {cfg.checkpoint.keep_last}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config to ``<run_dir>/config.yaml`` atomically; returns the path."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".config.yaml.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, out / "config.yaml")
+    return out / "config.yaml"
