@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--fps", type=float, default=fps, help="output frames per second (default %(default)s)")
         sp.add_argument("--short-side", type=int, default=short_side, help="output short side, pixels")
         sp.add_argument("--keyframe-seconds", type=float, default=2.0, help="keyframe interval, seconds")
-        sp.add_argument("--crf", type=int, default=32, help="encoder quality (lower = better, bigger)")
+        sp.add_argument("--crf", type=int, default=30, help="encoder quality (lower = better, bigger)")
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel transcodes")
         sp.add_argument("--samples-per-shard", type=int, default=100)
         sp.add_argument("--max-shard-mb", type=float, default=1024.0, help="roll to a new part above this size")

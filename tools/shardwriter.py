@@ -58,7 +58,7 @@ class EncodeOptions:
     fps: float = 8.0  # output frames per second (ignored by copy)
     short_side: int = 256  # pixels (ignored by copy)
     keyframe_seconds: float = 2.0
-    crf: int = 32
+    crf: int = 30
     threads: int = 1  # ffmpeg threads per job
     min_decoded_fraction: float = 0.8  # reject when fewer frames than this fraction decode
     min_seconds: float = 0.25  # reject segments shorter than this
@@ -109,9 +109,13 @@ def _ffmpeg_cmd(src: str, dst: str, start: float, length: float | None, o: Encod
     if o.codec == "copy":
         return cmd + ["-c:v", "copy", "-f", "mp4", dst]
     s = o.short_side
-    vf = f"fps={o.fps},scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)',format=yuv420p"
+    # Pixels converted to BT.601 limited range and tagged so: DALI's decoders convert YUV->RGB as
+    # BT.601 whatever the tag says, so this keeps DALI, ffmpeg and PyAV agreeing on colours.
+    vf = (f"fps={o.fps},scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)'"
+          ":out_color_matrix=bt601:out_range=tv,format=yuv420p")
     gop = max(1, round(o.keyframe_seconds * o.fps))
-    cmd += ["-vf", vf, "-g", str(gop), "-keyint_min", str(gop), "-threads", str(o.threads)]
+    cmd += ["-vf", vf, "-g", str(gop), "-keyint_min", str(gop), "-threads", str(o.threads),
+            "-colorspace", "bt470bg", "-color_primaries", "bt470bg", "-color_trc", "smpte170m", "-color_range", "tv"]
     if o.codec == "vp9":
         cmd += ["-c:v", "libvpx-vp9", "-crf", str(o.crf), "-b:v", "0", "-deadline", "realtime",
                 "-cpu-used", "8", "-row-mt", "1"]
@@ -165,10 +169,12 @@ def encode_item(item: Item, opts: EncodeOptions, workdir: str) -> dict:
         if length is not None and decoded_s < opts.min_decoded_fraction * length:
             raise Rejected(
                 f"truncated or partly undecodable: decoded {decoded_s:.2f} s of the expected {length:.2f} s")
+        # the fps filter rounds the frame count up: never record more than the cut we asked for
+        seg_s = decoded_s if length is None else min(decoded_s, length)
         meta = {
             "key": item.key, "label": item.label, "label_name": item.label_name,
-            "duration": round(decoded_s, 4), "fps": fps, "num_frames": n, "width": w, "height": h,
-            "source": item.path, "segment": [start, start + decoded_s], "source_codec": src_codec,
+            "duration": round(seg_s, 4), "fps": fps, "num_frames": n, "width": w, "height": h,
+            "source": item.path, "segment": [start, round(start + seg_s, 4)], "source_codec": src_codec,
             "codec": opts.codec if opts.codec != "copy" else src_codec, "split": item.split, **item.extra,
         }
         return {"key": item.key, "split": item.split, "mp4": dst, "json": meta}
