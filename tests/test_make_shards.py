@@ -121,6 +121,10 @@ def mixed_dir(tmp_path_factory, demo_footage):
     data = Path(full).read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])  # moov at the end: cut in the mdat
     os.unlink(full)
+    full = make_clip(str(d / "full.mp4"), bikes, 0, 8, "-c:v", "libx264", "-movflags", "+faststart", "-an")
+    data = Path(full).read_bytes()
+    (d / "cutshort.mp4").write_bytes(data[: len(data) // 3])  # moov first: opens, then the data ends
+    os.unlink(full)
     (d / "empty.mp4").write_bytes(b"")
     (d / "notvideo.mp4").write_text("this is a text file, not a video\n" * 100)
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
@@ -132,8 +136,9 @@ def mixed_dir(tmp_path_factory, demo_footage):
     raw[mdat:] = os.urandom(len(raw) - mdat)
     (d / "undecodable.mp4").write_bytes(raw)
     os.unlink(und)
-    bad = {"truncated.mp4": "truncated", "empty.mp4": "zero-byte", "notvideo.mp4": "not a readable media file",
-           "audioonly.mp4": "no video stream", "undecodable.mp4": "decod"}
+    bad = {"truncated.mp4": "truncated or corrupt MP4/MOV file", "cutshort.mp4": "truncated or partly undecodable",
+           "empty.mp4": "zero-byte file", "notvideo.mp4": "not a readable media file",
+           "audioonly.mp4": "no video stream (streams: audio)", "undecodable.mp4": "could not decode"}
     rows = ["path,label,split"] + [f"{n},good{i % 2},train" for i, n in enumerate(good)] + \
            [f"{n},bad,train" for n in bad]
     (d / "videos.csv").write_text("\n".join(rows) + "\n")
@@ -150,6 +155,7 @@ def test_bad_inputs_rejected_good_ones_sharded(mixed_dir, tmp_path):
     assert set(rejected) == set(bad)
     for name, word in bad.items():
         assert word in rejected[name], (name, rejected[name])
+        assert str(d) not in rejected[name], "reasons must not depend on the path"
     keys = {json.loads(s["json"])["source"] for s in _samples(out, "train")}
     assert {Path(k).name for k in keys} == set(good)
     for s in _samples(out, "train"):  # every sharded clip decodes to its recorded frame count

@@ -95,7 +95,25 @@ def _probe(path: str) -> tuple[float | None, str]:
     except Rejected:
         raise
     except Exception as e:  # av.error.InvalidDataError and friends
-        raise Rejected(f"not a readable media file: {type(e).__name__}: {e}") from None
+        msg = str(e).replace(f": '{path}'", "").replace(path, "<file>")
+        kind = _container_signature(path)
+        if kind:
+            raise Rejected(f"truncated or corrupt {kind} file: the header is present but the container "
+                           f"does not open ({type(e).__name__}: {msg})") from None
+        raise Rejected(f"not a readable media file ({type(e).__name__}: {msg})") from None
+
+
+def _container_signature(path: str) -> str | None:
+    """Name the container a file's first bytes announce (MP4/MOV, AVI, Matroska/WebM), or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
+        return "MP4/MOV"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    return None
 
 
 def _ffmpeg_cmd(src: str, dst: str, start: float, length: float | None, o: EncodeOptions) -> list[str]:
@@ -157,7 +175,7 @@ def encode_item(item: Item, opts: EncodeOptions, workdir: str) -> dict:
         r = subprocess.run(_ffmpeg_cmd(item.path, dst, start, length, opts), capture_output=True, text=True)
         if r.returncode != 0 or not os.path.exists(dst) or os.path.getsize(dst) == 0:
             msg = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            raise Rejected(f"ffmpeg could not decode/encode the video stream: {msg}")
+            raise Rejected(f"ffmpeg could not decode the video stream: {msg}")
         try:
             n, w, h, out_fps = _count_frames(dst)
         except Exception as e:
