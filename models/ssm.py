@@ -1,0 +1,253 @@
+"""S4 layers: diagonal S4D and NPLR/DPLR S4 convolution kernels, FFT convolution, the S4 block.
+
+Shapes: B batch, L sequence length, H channels (model width), N state size (N2 = N/2 stored
+modes: complex-conjugate pairs are implied, so the kernels sum ``2 * Re``).
+
+* :class:`S4DKernel` - Gu et al. 2022, "On the Parameterization and Initialization of Diagonal
+  State Space Models" (S4D): A = -exp(log_A_real) + i A_imag, ZOH discretisation,
+  ``K[l] = 2 Re(sum_n C_n B_n (exp(dt A_n) - 1) / A_n * exp(dt A_n l))``; S4D-Lin / S4D-Inv init.
+* :class:`S4Kernel` - Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured State
+  Spaces" (S4), Algorithm 1: HiPPO-LegS in normal-plus-low-rank form A = Lambda - P P^*, bilinear
+  discretisation, the kernel's generating function at the roots of unity via Cauchy kernels and
+  the Woodbury identity, then an inverse FFT; C is parameterised as C~ = C (I - dA^L).
+
+Kernels are computed in float32 even under autocast, in chunks of ``chunk`` positions (S4D) or
+frequencies (S4) with activation checkpointing, so memory stays bounded (H=1024, L=11,820).
+Complex parameters are stored as real views (``(..., 2)`` tensors). The SSM parameters (A, B, dt,
+and P) carry ``_optim = {"lr": ..., "weight_decay": 0.0}`` for their own optimizer group.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+DT_MIN_CLAMP, DT_MAX_CLAMP = 1e-4, 1.0  # dt is clamped: NaNs have been traced to log_dt
+
+
+def _register(module: nn.Module, name: str, tensor: torch.Tensor, lr: float | None) -> None:
+    """Register an SSM parameter tagged for its own optimizer group (lr, weight decay 0)."""
+    p = nn.Parameter(tensor)
+    if lr is not None:
+        p._optim = {"lr": lr, "weight_decay": 0.0}
+    module.register_parameter(name, p)
+
+
+def _chunked(fn, total: int, chunk: int, *args: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``fn(start, stop, *args)`` over [0, total) in chunks along the last axis, with
+    activation checkpointing when gradients flow, so only one chunk is alive at a time."""
+    outs = []
+    for s in range(0, total, chunk):
+        e = min(total, s + chunk)
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+            outs.append(checkpoint(fn, s, e, *args, use_reentrant=False))
+        else:
+            outs.append(fn(s, e, *args))
+    return torch.cat(outs, dim=-1)
+
+
+class S4DKernel(nn.Module):
+    """Diagonal SSM convolution kernel (S4D), ZOH discretisation.
+
+    Args:
+        d_model: H channels. d_state: N (N/2 complex modes stored). init: ``"lin"`` (S4D-Lin,
+        A = -1/2 + i pi n) or ``"inv"`` (S4D-Inv, A = -1/2 + i N/pi (N/(2n+1) - 1)).
+        dt_min, dt_max: log-uniform init range of the step size. lr: SSM parameter group lr.
+    forward(L) -> K: (H, L) float32.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, lr: float | None = 1e-3, chunk: int = 1024):
+        super().__init__()
+        if init not in ("lin", "inv"):
+            raise ValueError(f"init: {init!r} not allowed; allowed values: 'lin', 'inv'")
+        H, N2 = d_model, d_state // 2
+        self.chunk = chunk
+        n = torch.arange(N2, dtype=torch.float32)
+        a_imag = math.pi * n if init == "lin" else (d_state / math.pi) * (d_state / (2 * n + 1) - 1)
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)  # (H,)
+        C = torch.randn(H, N2, dtype=torch.cfloat) * (0.5 ** 0.5)  # (H, N2) complex, variance 1
+        _register(self, "log_dt", log_dt, lr)
+        _register(self, "log_A_real", torch.log(0.5 * torch.ones(H, N2)), lr)  # (H, N2)
+        _register(self, "A_imag", a_imag.repeat(H, 1), lr)  # (H, N2)
+        _register(self, "B", torch.view_as_real(torch.ones(H, N2, dtype=torch.cfloat)), lr)  # (H, N2, 2)
+        self.C = nn.Parameter(torch.view_as_real(C))  # (H, N2, 2)
+
+    def dt(self) -> torch.Tensor:
+        return self.log_dt.exp().clamp(DT_MIN_CLAMP, DT_MAX_CLAMP)  # (H,)
+
+    def ssm(self):
+        """Continuous parameters: A (H, N2), B (H, N2), C (H, N2) complex; dt (H,)."""
+        A = -torch.exp(self.log_A_real) + 1j * self.A_imag  # (H, N2)
+        return A, torch.view_as_complex(self.B), torch.view_as_complex(self.C), self.dt()
+
+    def forward(self, L: int) -> torch.Tensor:
+        A, B, C, dt = self.ssm()
+        dtA = dt[:, None] * A  # (H, N2)
+        Cp = C * B * (torch.exp(dtA) - 1.0) / A  # (H, N2): C B (exp(dt A) - 1) / A
+
+        def vandermonde(s: int, e: int, dtA: torch.Tensor, Cp: torch.Tensor) -> torch.Tensor:
+            pos = torch.arange(s, e, device=dtA.device, dtype=torch.float32)  # (Lc,)
+            return 2 * torch.einsum("hn,hnl->hl", Cp, torch.exp(dtA[:, :, None] * pos)).real  # (H, Lc)
+
+        return _chunked(vandermonde, L, self.chunk, dtA, Cp)  # (H, L)
+
+
+def hippo_legs_nplr(N: int):
+    """HiPPO-LegS in normal-plus-low-rank form (S4 paper, Thm. 1 / Cor.): A = V (Lambda - P P^*) V^*.
+
+    Returns (Lambda (N/2,), P (N/2,), B (N/2,)) complex128 in the eigenbasis, keeping one mode of
+    each conjugate pair (those with positive imaginary part).
+    """
+    q = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)  # (N,)
+    A = -(torch.tril(q[:, None] * q[None, :], -1) + torch.diag(torch.arange(N, dtype=torch.float64) + 1))
+    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)  # (N,) rank-1 term
+    S = A + P[:, None] * P[None, :] + 0.5 * torch.eye(N, dtype=torch.float64)  # skew-symmetric
+    evals, V = torch.linalg.eigh(S * -1j)  # S = V diag(i evals) V^*
+    keep = evals > 0  # one of each conjugate pair
+    Lam = -0.5 + 1j * evals[keep]  # (N/2,)
+    Vk = V[:, keep]  # (N, N/2)
+    return Lam, Vk.conj().T @ P.to(torch.complex128), Vk.conj().T @ q.to(torch.complex128)
+
+
+class S4Kernel(nn.Module):
+    """S4 convolution kernel: NPLR HiPPO-LegS, bilinear discretisation, Cauchy + Woodbury (S4, Alg. 1).
+
+    One (Lambda, P, B) shared across channels as in ViS4mer's S4 v1; C~ (H, N2) and dt (H,) per
+    channel. forward(L) -> K: (H, L) float32.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 lr: float | None = 1e-3, chunk: int = 1024):
+        super().__init__()
+        H = d_model
+        self.chunk = chunk
+        Lam, P, B = hippo_legs_nplr(d_state)
+        N2 = Lam.shape[0]
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)  # (H,)
+        C = torch.randn(H, N2, dtype=torch.cfloat) * (0.5 ** 0.5)  # (H, N2) the C~ parameter
+        _register(self, "log_dt", log_dt, lr)
+        _register(self, "Lambda", torch.view_as_real(Lam.to(torch.cfloat)), lr)  # (N2, 2)
+        _register(self, "P", torch.view_as_real(P.to(torch.cfloat)), lr)  # (N2, 2)
+        _register(self, "B", torch.view_as_real(B.to(torch.cfloat)), lr)  # (N2, 2)
+        self.C = nn.Parameter(torch.view_as_real(C))  # (H, N2, 2)
+
+    def dt(self) -> torch.Tensor:
+        return self.log_dt.exp().clamp(DT_MIN_CLAMP, DT_MAX_CLAMP)  # (H,)
+
+    def ssm(self):
+        """Lambda (N2,), P (N2,), B (N2,), C~ (H, N2) complex; dt (H,)."""
+        c = torch.view_as_complex
+        return c(self.Lambda), c(self.P), c(self.B), c(self.C), self.dt()
+
+    def forward(self, L: int) -> torch.Tensor:
+        Lam, P, B, C, dt = self.ssm()
+        v = torch.stack([C * B, C * P, (P.conj() * B).expand_as(C), (P.conj() * P).expand_as(C)])  # (4, H, N2)
+
+        def spectrum(s: int, e: int, v: torch.Tensor, Lam: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+            k = torch.arange(s, e, device=dt.device, dtype=torch.float32)  # (Fc,) frequencies
+            omega = torch.exp(-2j * math.pi * k / L)  # (Fc,) roots of unity
+            # 1/(z - Lambda) with z = 2/dt (1-w)/(1+w), written as b / (a - Lambda b): no pole at w = -1
+            a = (2.0 / dt)[:, None] * (1 - omega)  # (H, Fc)
+            b = (1 + omega)[None, :]  # (1, Fc)
+
+            def cauchy(lam: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
+                return torch.einsum("khn,hnf->khf", vv, 1.0 / (a[:, None, :] - lam[None, :, None] * b[:, None, :]))
+
+            r = cauchy(Lam, v) + cauchy(Lam.conj(), v.conj())  # (4, H, Fc) both modes of each pair
+            return 2 * (r[0] - b * r[1] * r[2] / (1 + b * r[3]))  # (H, Fc): K^(w) after Woodbury
+
+        Khat = _chunked(spectrum, L // 2 + 1, self.chunk, v, Lam, dt)  # (H, L//2+1)
+        return torch.fft.irfft(Khat, n=L)  # (H, L)
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal convolution y[l] = sum_{j<=l} k[j] u[l-j] by FFT at length 2L, in float32.
+
+    u: (B, H, L), k: (H, L) -> (B, H, L) float32.
+    """
+    L = u.shape[-1]
+    uf = torch.fft.rfft(u.float(), n=2 * L)  # (B, H, L+1)
+    kf = torch.fft.rfft(k.float(), n=2 * L)  # (H, L+1)
+    return torch.fft.irfft(uf * kf, n=2 * L)[..., :L]  # (B, H, L)
+
+
+class S4(nn.Module):
+    """An S4 block on (B, L, H): SSM convolution (+ D skip) -> GELU -> dropout -> Linear(H, H).
+
+    Args:
+        d_model: H. d_state: N. kernel: ``"s4d"`` (S4D-Lin/Inv, ZOH) or ``"s4"`` (NPLR
+        HiPPO-LegS, bilinear). init: S4D init (``"lin"``/``"inv"``). bidirectional: a second
+        kernel runs over the reversed sequence and both outputs are summed (non-causal).
+        dropout: channel dropout after the activation. lr: SSM parameter group learning rate.
+    forward(x: (B, L, H)) -> (B, L, H), dtype of x.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, kernel: str = "s4d", init: str = "lin",
+                 bidirectional: bool = False, dropout: float = 0.0, lr: float | None = 1e-3, chunk: int = 1024):
+        super().__init__()
+        if kernel not in ("s4d", "s4"):
+            raise ValueError(f"kernel: {kernel!r} not allowed; allowed values: 's4d', 's4'")
+        self.bidirectional = bidirectional
+        make = (lambda: S4DKernel(d_model, d_state, init=init, lr=lr, chunk=chunk)) if kernel == "s4d" else \
+            (lambda: S4Kernel(d_model, d_state, lr=lr, chunk=chunk))
+        self.kernel = make()
+        self.kernel_bwd = make() if bidirectional else None
+        self.D = nn.Parameter(torch.randn(d_model))  # (H,) skip
+        self.dropout = ChannelDropout(dropout)
+        self.out = nn.Linear(d_model, d_model)
+
+    def ssm_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """y = K * u + D u on (B, L, H), computed in float32 even under autocast -> (B, L, H) float32."""
+        L = x.shape[1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            u = x.float().transpose(1, 2)  # (B, H, L)
+            y = fft_conv(u, self.kernel(L))  # (B, H, L)
+            if self.kernel_bwd is not None:
+                y = y + fft_conv(u.flip(-1), self.kernel_bwd(L)).flip(-1)  # (B, H, L) anti-causal half
+            y = y + u * self.D[:, None]  # (B, H, L)
+        return y.transpose(1, 2)  # (B, L, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.ssm_conv(x)).to(x.dtype)  # (B, L, H)
+        return self.out(self.dropout(y))  # (B, L, H)
+
+
+class ChannelDropout(nn.Module):
+    """Dropout of whole channels on (B, L, D): one Bernoulli draw per (batch, channel), shared over
+    the sequence - what ``nn.Dropout2d`` on (B, H, L) was meant to do in ViS4mer's public code."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = torch.empty(x.shape[0], 1, x.shape[-1], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * mask / (1 - self.p)  # (B, L, D)
+
+
+def ssm_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups: regular parameters (``lr``, ``weight_decay``; no decay on biases/norms) and
+    one group per distinct ``_optim`` tag (the SSM A, B, dt, P: their lr, weight decay 0).
+    Frozen parameters (requires_grad=False) are left out."""
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        tag = getattr(p, "_optim", None)
+        if tag is not None:
+            key = tuple(sorted(tag.items()))
+            g = groups.setdefault(key, {"params": [], **tag, "name": "ssm"})
+        elif p.ndim <= 1:
+            g = groups.setdefault(("no_decay",), {"params": [], "lr": lr, "weight_decay": 0.0, "name": "no_decay"})
+        else:
+            g = groups.setdefault(("decay",), {"params": [], "lr": lr, "weight_decay": weight_decay, "name": "decay"})
+        g["params"].append(p)
+    return list(groups.values())
