@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Training-step throughput and memory of ViS4mer, S5 (keep ratio 0.5) and LST, as in ViS4mer's Table 3.
+
+One step = forward + backward + AdamW step on random tokens (B, L, width). Every (model, tokens)
+pair runs in a fresh process so peak memory is its own: CUDA ``max_memory_allocated`` on a GPU,
+the growth of the process's max RSS on CPU. Prints JSON lines
+``{"model", "tokens", "width", "samples_per_s", "peak_mem_mb"}`` and a table with ratios vs LST.
+
+    python benchmarks/models.py --device cpu [--width 128] [--json]
+    python benchmarks/models.py --device cuda            # paper dims: width 1024, bf16 autocast
+
+Paper Table 3 (RTX A6000, 11,760 tokens): ViS4mer 2.63x faster and 8x less memory than LST.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODELS = ("lst", "vis4mer", "s5")
+TOKENS = (60, 1500, 2940, 11760)
+
+
+def one(model: str, tokens: int, width: int, batch: int, device: str, min_seconds: float, bf16: bool) -> dict:
+    """Measure in this process (called in a fresh subprocess)."""
+    import torch
+
+    from models import create_model
+
+    torch.manual_seed(0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kw = dict(num_classes=10, d_model=width, depth=3)
+    if model == "s5":
+        kw.update(keep_ratio=0.5)
+    m = create_model(model, **kw).to(device).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    x = torch.randn(batch, tokens, width, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    step()
+    sync()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < min_seconds:
+        step()
+        n += 1
+    sync()
+    dt = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    return {"model": model, "tokens": tokens, "width": width, "batch": batch, "device": device,
+            "samples_per_s": round(batch * n / dt, 3), "peak_mem_mb": round(peak, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--width", type=int, default=None, help="token width (default 1024 on GPU, 128 on CPU)")
+    ap.add_argument("--batch", type=int, default=None, help="clips per step (default 4)")
+    ap.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--min-seconds", type=float, default=None, help="measure at least this long per pair")
+    ap.add_argument("--json", action="store_true", help="JSON lines only")
+    ap.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    gpu = a.device.startswith("cuda")
+    width = a.width or (1024 if gpu else 128)
+    batch = a.batch or 4
+    min_s = a.min_seconds if a.min_seconds is not None else (5.0 if gpu else 2.0)
+    if a._one:
+        print(json.dumps(one(a._one[0], int(a._one[1]), width, batch, a.device, min_s, bf16=gpu)))
+        return 0
+    rows = []
+    for tokens in a.tokens:
+        for model in a.models:
+            cmd = [sys.executable, __file__, "--device", a.device, "--width", str(width), "--batch", str(batch),
+                   "--min-seconds", str(min_s), "--_one", model, str(tokens)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                row = {"model": model, "tokens": tokens, "width": width, "error": r.stderr.strip().splitlines()[-1]}
+            else:
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if not a.json:
+        print(f"\n{'tokens':>7} {'model':<8} {'samples/s':>10} {'peak MB':>9} {'speed vs LST':>13} {'memory LST/x':>13}")
+        for tokens in a.tokens:
+            lst = next((r for r in rows if r["model"] == "lst" and r["tokens"] == tokens and "error" not in r), None)
+            for r in (r for r in rows if r["tokens"] == tokens):
+                if "error" in r:
+                    print(f"{tokens:>7} {r['model']:<8} error: {r['error']}")
+                    continue
+                sp = r["samples_per_s"] / lst["samples_per_s"] if lst else float("nan")
+                mem = lst["peak_mem_mb"] / max(r["peak_mem_mb"], 1e-3) if lst else float("nan")
+                print(f"{tokens:>7} {r['model']:<8} {r['samples_per_s']:>10.2f} {r['peak_mem_mb']:>9.1f} "
+                      f"{sp:>12.2f}x {mem:>12.2f}x")
+    return 0
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
