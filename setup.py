@@ -23,6 +23,8 @@ setup(
         "mambapy>=1.2",
         "transformers>=4.40",  # ViT-L/16 encoder from a local checkpoint
         "torchmetrics>=1.0",
+        "torchdata>=0.10",  # StatefulDataLoader: resumable multi-worker loading
+        "braceexpand>=0.1",
     ],
     extras_require={
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.

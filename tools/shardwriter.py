@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import tarfile
@@ -266,10 +267,12 @@ def make_shards(
     extra_manifest: dict | None = None,
     pre_rejected: Iterable[dict] = (),
     progress: bool = True,
+    shuffle_seed: int = 0,
 ) -> dict:
     """Shard ``items`` into ``out``; returns the manifest dict (also written to manifest.json).
 
-    ``pre_rejected`` are inputs a dataset parser already refused (e.g. a video missing on disk),
+    Samples of a split are shuffled (``shuffle_seed``) before they are grouped into shards, so a
+    shard mixes classes. ``pre_rejected`` are inputs a dataset parser already refused (e.g. a video missing on disk),
     ``{"key", "path", "reason"}`` each; they go to rejected.jsonl with the rest.
     Bad inputs never raise: they are listed in ``rejected.jsonl`` with their reason.
     """
@@ -283,6 +286,8 @@ def make_shards(
     by_split: dict[str, list[Item]] = {}
     for it in sorted(items, key=lambda i: (i.split, i.key)):
         by_split.setdefault(it.split, []).append(it)
+    for split, its in by_split.items():  # mix classes across and within shards, reproducibly
+        random.Random(f"{shuffle_seed}-{split}").shuffle(its)
 
     groups = []  # (split, base name, items, fingerprint)
     for split, its in by_split.items():
@@ -342,8 +347,9 @@ def make_shards(
     rejected_all = [dict(r, split=r.get("split")) for r in pre_rejected]
     for split, base, g, fp in groups:
         m = done[base]
-        sp = manifest["splits"].setdefault(split, {"shards": [], "num_samples": 0, "seconds": 0.0})
+        sp = manifest["splits"].setdefault(split, {"shards": [], "shard_samples": [], "num_samples": 0, "seconds": 0.0})
         sp["shards"] += [s["name"] for s in m["shards"]]
+        sp["shard_samples"] += [s["num_samples"] for s in m["shards"]]
         sp["num_samples"] += sum(s["num_samples"] for s in m["shards"])
         sp["seconds"] = round(sp["seconds"] + m.get("seconds", 0.0), 3)
         rejected_all += m["rejected"]

@@ -1,0 +1,113 @@
+"""Clip sampling from one decoded video, shared by every decode backend.
+
+All times are seconds from the start of the sample; ``fps`` is the sample's frame rate and
+``num_frames`` its decoded frame count. A clip of T frames spanning S seconds from ``start`` takes
+frames at ``start + i * S / T`` (i = 0..T-1), rounded to the nearest decoded frame and clamped.
+
+Modes and their outputs (per video):
+
+* ``pretrain`` (LSMCL): one long clip (T_long frames over S_long s) and one short clip (T_short
+  frames over S_short s), inside the long span or anywhere in the video - both index the same
+  decoded frames (one decode per sample).
+* ``train``: one clip at a random start.
+* ``val``: one clip, centred (``center``) or spanning the whole video (``full``).
+* ``windows``: every window of S seconds at ``stride`` seconds (LVU protocol: 60 s / 1 s), at
+  least one; each with its bounds so metrics can aggregate per video.
+
+Randomness comes from a generator seeded by (seed, epoch, sample key), so a sample's clips do not
+depend on which worker or rank reads it, nor on a resume.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MODES = ("pretrain", "train", "val", "windows")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What to cut from each video (see module docstring). Units: frames and seconds."""
+
+    mode: str = "train"
+    frames: int = 16  # T
+    seconds: float = 8.0  # S, span of a clip or window
+    stride: float = 1.0  # windows mode
+    val_clip: str = "center"  # center | full
+    long_frames: int = 16
+    long_seconds: float = 8.0
+    short_frames: int = 4
+    short_seconds: float = 2.0
+    short_inside_long: bool = True
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} not allowed; allowed values: {', '.join(MODES)}")
+        if self.val_clip not in ("center", "full"):
+            raise ValueError(f"eval_clip: {self.val_clip!r} not allowed; allowed values: 'center', 'full'")
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """A generator that depends only on (seed, epoch, key)."""
+    h = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(h, "little"))
+
+
+def frame_indices(start: float, seconds: float, frames: int, fps: float, num_frames: int) -> np.ndarray:
+    """Indices (frames,) of the frames at ``start + i * seconds / frames`` s, clamped to the video."""
+    t = start + np.arange(frames) * (seconds / frames)  # (T,) seconds
+    return np.clip(np.floor(t * fps + 0.5).astype(np.int64), 0, max(0, num_frames - 1))
+
+
+def plan_clips(spec: ClipSpec, num_frames: int, fps: float, rng: np.random.Generator) -> list[dict]:
+    """The clips to cut from one video: a list of {name: (indices, (start_s, end_s))} dicts, one
+    per output sample (several only in ``windows`` mode)."""
+    dur = num_frames / fps
+
+    def rand_start(span: float, lo: float = 0.0, hi: float | None = None) -> float:
+        hi = dur if hi is None else hi
+        room = hi - lo - span
+        return lo + (rng.uniform(0, room) if room > 0 else 0.0)
+
+    def clip(start: float, span: float, frames: int):
+        return frame_indices(start, span, frames, fps, num_frames), (start, min(dur, start + span))
+
+    if spec.mode == "pretrain":
+        ls = rand_start(spec.long_seconds)
+        if spec.short_inside_long:
+            ss = rand_start(spec.short_seconds, ls, min(dur, ls + spec.long_seconds))
+        else:
+            ss = rand_start(spec.short_seconds)
+        return [{"long": clip(ls, spec.long_seconds, spec.long_frames),
+                 "short": clip(ss, spec.short_seconds, spec.short_frames)}]
+    if spec.mode == "train":
+        return [{"video": clip(rand_start(spec.seconds), spec.seconds, spec.frames)}]
+    if spec.mode == "val":
+        if spec.val_clip == "full":
+            return [{"video": clip(0.0, dur, spec.frames)}]
+        return [{"video": clip(max(0.0, (dur - spec.seconds) / 2), spec.seconds, spec.frames)}]
+    starts = np.arange(0.0, max(dur - spec.seconds, 0.0) + 1e-6, spec.stride)  # windows
+    return [{"video": clip(float(s), spec.seconds, spec.frames)} for s in starts]
+
+
+def spatial_transform(frames: torch.Tensor, size: int, mean, std, train: bool, rng: np.random.Generator) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, size, size): resize the short side to ``size`` (bilinear,
+    antialiased), crop ``size`` x ``size`` (random in training, centre otherwise), scale to [0, 1]
+    and normalise with the encoder's mean/std."""
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+    H, W = x.shape[-2:]
+    scale = size / min(H, W)
+    nh, nw = max(size, round(H * scale)), max(size, round(W * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)  # (T, 3, nh, nw)
+    if train:
+        top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
+    else:
+        top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[..., top:top + size, left:left + size]  # (T, 3, size, size)
+    m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
+    s = torch.tensor(std, dtype=x.dtype)[:, None, None]
+    return (x - m) / s

@@ -1,0 +1,104 @@
+"""CPU decode backend: webdataset tar reading + PyAV (FFmpeg) decoding, any codec.
+
+:class:`ShardStream` is an endless, resumable stream of training samples for one data-parallel
+rank; each DataLoader worker reads the shards :func:`data.sources.assign_shards` gives it, pass
+after pass. Its ``state_dict()`` (pass, shard position, samples consumed in the shard, outputs
+consumed of the current sample, bad-sample count) is what torchdata's ``StatefulDataLoader``
+snapshots per worker, so a resumed loader yields exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Callable, Iterator
+
+import av
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from data.sources import ShardSet, assign_shards
+
+log = logging.getLogger("s5video.data")
+
+
+def decode_video(data: bytes) -> np.ndarray:
+    """Decode every frame of an in-memory video with PyAV: uint8 (F, H, W, 3) RGB.
+    Raises ValueError when no frame decodes."""
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+    if not frames:
+        raise ValueError("no frame decoded")
+    return np.stack(frames)
+
+
+def iter_shard(url: str) -> Iterator[dict]:
+    """Samples of one tar shard in file order, as webdataset dicts (``__key__``, ``mp4``, ``json``)."""
+    yield from wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None,
+                              workersplitter=None, handler=wds.warn_and_continue)
+
+
+class ShardStream(IterableDataset):
+    """Endless stream of processed samples for one rank.
+
+    Args:
+        shards: the split's :class:`ShardSet`. rank, world: data-parallel position.
+        seed: shuffling seed. make_samples: ``(key, frames uint8 (F,H,W,3), meta, pass) -> list of
+        sample dicts`` (the clip sampler and transforms); may raise ValueError for a bad sample.
+        decode: bytes -> frames (default PyAV).
+    """
+
+    def __init__(self, shards: ShardSet, rank: int, world: int, seed: int,
+                 make_samples: Callable[[str, np.ndarray, dict, int], list[dict]],
+                 decode: Callable[[bytes], np.ndarray] = decode_video):
+        self.shards, self.rank, self.world, self.seed = shards, rank, world, seed
+        self.make_samples, self.decode = make_samples, decode
+        self._state = {"pass": 0, "shard": 0, "sample": 0, "output": 0, "bad": 0, "bad_keys": []}
+
+    def state_dict(self) -> dict:
+        return dict(self._state, bad_keys=list(self._state["bad_keys"][-20:]))
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = dict(state)
+
+    def __iter__(self) -> Iterator[dict]:
+        wi = get_worker_info()
+        worker, workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        st = self._state
+        empty_passes = 0
+        while True:
+            order = assign_shards(len(self.shards.urls), self.seed, st["pass"], self.rank, self.world, worker, workers)
+            produced = False
+            while st["shard"] < len(order):
+                url = self.shards.urls[order[st["shard"]]]
+                for i, raw in enumerate(iter_shard(url)):
+                    if i < st["sample"]:
+                        continue  # resume: already consumed
+                    key = raw.get("__key__", f"{url}#{i}")
+                    try:
+                        meta = json.loads(raw["json"])
+                        frames = self.decode(raw["mp4"])
+                        outs = self.make_samples(key, frames, meta, st["pass"])
+                    except Exception as e:  # a bad sample is counted, logged and skipped
+                        st["bad"] += 1
+                        st["bad_keys"] = (st["bad_keys"] + [key])[-20:]
+                        log.warning("skipping bad sample %s in %s: %s: %s", key, url, type(e).__name__, e)
+                        outs = []
+                    for j in range(st["output"], len(outs)):
+                        st["output"] = j + 1
+                        if j + 1 == len(outs):
+                            st["sample"], st["output"] = i + 1, 0
+                        produced = True
+                        yield outs[j]
+                    if not outs or st["output"] == 0:
+                        st["sample"], st["output"] = i + 1, 0
+                st["shard"], st["sample"], st["output"] = st["shard"] + 1, 0, 0
+            st["pass"], st["shard"], st["sample"], st["output"] = st["pass"] + 1, 0, 0, 0
+            empty_passes = 0 if produced else empty_passes + 1
+            if empty_passes >= 3:
+                raise RuntimeError(f"rank {self.rank} worker {worker}: 3 passes over its shards produced no "
+                                   f"valid sample ({st['bad']} bad samples); check the shards")

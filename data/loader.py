@@ -1,0 +1,122 @@
+"""The training data loader: shards -> decoded clips -> batches, the same number on every rank.
+
+Batches are dicts (B = batch size per rank, S = image size in pixels):
+
+* pretrain: ``long`` (B, T_long, 3, S, S) float, ``short`` (B, T_short, 3, S, S) float,
+  ``long_bounds`` / ``short_bounds`` (B, 2) seconds within the sample, ``label``, ``video_id``;
+* train / val / windows: ``video`` (B, T, 3, S, S) float, ``bounds`` (B, 2) seconds, ``label``,
+  ``video_id`` (list of B sample keys).
+
+``label``: (B,) int64 class ids (-1 when unlabelled), (B,) float32 for regression, (B, C) float32
+multi-hot for multi-label. Frames are normalised with the encoder's ``mean`` / ``std``.
+
+Epochs are virtual: ``steps_per_epoch = num_samples // (batch_size * world)`` (at least 1) and
+every rank yields exactly that many batches, reading its shard stream pass after pass, so no rank
+runs dry. ``state_dict()`` / ``load_state_dict()`` resume mid-epoch with the same next batches;
+a state saved with another world size is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
+from data.cpu import ShardStream
+from data.sources import resolve_shards
+
+
+class SampleMaker:
+    """Turns one decoded video into output samples (picklable, runs in loader workers)."""
+
+    def __init__(self, spec: ClipSpec, image_size: int, mean, std, seed: int, task: str, num_classes: int):
+        self.spec, self.size, self.mean, self.std = spec, image_size, tuple(mean), tuple(std)
+        self.seed, self.task, self.num_classes = seed, task, num_classes
+
+    def label(self, meta: dict):
+        y = meta.get("label")
+        if self.task == "multilabel":
+            out = torch.zeros(self.num_classes)
+            out[list(y or [])] = 1.0
+            return out
+        if self.task == "regression":
+            return torch.tensor(float(y), dtype=torch.float32)
+        return torch.tensor(-1 if y is None else int(y), dtype=torch.int64)
+
+    def __call__(self, key: str, frames: np.ndarray, meta: dict, epoch: int) -> list[dict]:
+        rng = sample_rng(self.seed, epoch, key)
+        fps = float(meta.get("fps") or 0) or 1.0
+        train = self.spec.mode in ("train", "pretrain")
+        outs = []
+        for plan in plan_clips(self.spec, len(frames), fps, rng):
+            sample = {"label": self.label(meta), "video_id": meta.get("key", key)}
+            for name, (idx, bounds) in plan.items():
+                clip = torch.from_numpy(frames[idx])  # (T, H, W, 3) uint8: cut from the one decode
+                sample[name] = spatial_transform(clip, self.size, self.mean, self.std, train, rng)
+                sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)
+            outs.append(sample)
+        return outs
+
+
+class VideoLoader:
+    """Batches of one data-parallel rank (see module docstring).
+
+    Args:
+        source: ``data.shards`` (manifest directory or pattern). split: manifest split name.
+        spec: what clips to cut. batch_size: clips per rank per step. image_size: S pixels.
+        mean, std: the frame encoder's normalisation. rank, world: data-parallel position.
+        seed: data seed (shard order, clip positions, crops). num_workers: decode processes.
+        task: ``classification`` | ``regression`` | ``multilabel``. num_classes: for multi-hot labels.
+    Raises ValueError / FileNotFoundError naming the bad setting.
+    """
+
+    def __init__(self, source: str, split: str, spec: ClipSpec, batch_size: int, image_size: int,
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rank: int = 0, world: int = 1, seed: int = 0,
+                 num_workers: int = 2, task: str = "classification", num_classes: int = 0,
+                 num_samples: int | None = None):
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
+        self.shards = resolve_shards(source, split, num_samples)
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
+        maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
+        self.stream = ShardStream(self.shards, rank, world, seed, maker)
+        self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
+                                     persistent_workers=num_workers > 0, drop_last=True,
+                                     multiprocessing_context="fork" if num_workers > 0 else None)
+        self.epoch, self.step = 0, 0
+        self._it = None
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self):
+        """The rest of the current virtual epoch (all of it when started fresh)."""
+        if self._it is None:
+            self._it = iter(self.dl)
+        while self.step < self.steps_per_epoch:
+            batch = next(self._it)
+            self.step += 1
+            yield batch
+        self.epoch, self.step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
+                "loader": self.dl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world"] != self.world:
+            raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "
+                             f"{self.world}: resuming would replay or skip samples; refusing")
+        if state["rank"] != self.rank:
+            raise ValueError(f"data loader state of rank {state['rank']} loaded on rank {self.rank}")
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.dl.load_state_dict(state["loader"])
+        self._it = None
+
+    def bad_samples(self) -> int:
+        """Bad samples skipped so far by this rank's workers (as of the last state snapshot)."""
+        sd = self.dl.state_dict()
+        workers = sd.get("_snapshot", {}).get("_worker_snapshots", {})
+        states = [w.get("dataset_state") or {} for w in workers.values()] or [self.stream.state_dict()]
+        return sum(int(s.get("bad", 0)) for s in states)

@@ -1,0 +1,145 @@
+"""Streaming loader (CPU backend): resumable mid-epoch, equal batch counts on every rank without
+hangs, bad samples skipped, LSMCL long/short clips from one decode, evaluation windows."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from data.clips import ClipSpec, plan_clips
+from data.loader import VideoLoader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def regroup(src: Path, split: str, sizes: list[int], out: Path, corrupt: set[int] = frozenset()) -> Path:
+    """Re-pack the samples of ``split`` into shards of the given sizes (no re-encode); samples whose
+    position is in ``corrupt`` get garbage video bytes."""
+    m = json.loads((src / "manifest.json").read_text())
+    samples = list(wds.WebDataset([str(src / s) for s in m["splits"][split]["shards"]], shardshuffle=False))
+    out.mkdir(parents=True, exist_ok=True)
+    names, pos = [], 0
+    for i, n in enumerate(sizes):
+        name = f"{split}-{i:06d}.tar"
+        with wds.TarWriter(str(out / name)) as w:
+            for j in range(pos, pos + n):
+                s = samples[j]
+                mp4 = os.urandom(len(s["mp4"])) if j in corrupt else s["mp4"]
+                w.write({"__key__": s["__key__"], "mp4": mp4, "json": s["json"]})
+        names.append(name)
+        pos += n
+    m["splits"] = {split: {"shards": names, "shard_samples": sizes, "num_samples": pos}}
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def _loader(shards, **kw) -> VideoLoader:
+    args = dict(spec=ClipSpec(mode="train", frames=4, seconds=2.0), batch_size=4, image_size=64, num_workers=2, seed=3)
+    args.update(kw)
+    return VideoLoader(str(shards), "train", **args)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a["video_id"] == b["video_id"] and torch.equal(a["video"], b["video"]) and torch.equal(a["label"], b["label"])
+
+
+def test_resume_mid_epoch_gives_identical_next_batches(demo_shards, tmp_path):
+    shards = regroup(demo_shards, "train", [20, 20, 23], tmp_path / "s")
+    ref = _loader(shards)
+    n = ref.steps_per_epoch  # 63 // 4 = 15
+    ref_batches = list(ref) + _take(iter(ref), 5)  # one epoch and 5 batches into the next
+    a = _loader(shards)
+    it = iter(a)
+    first = _take(it, 7)
+    state = a.state_dict()
+    del it, a
+    b = _loader(shards)
+    b.load_state_dict(state)
+    rest = list(b) + _take(iter(b), 5)
+    got = first + rest
+    assert len(got) == n + 5
+    assert all(_same(x, y) for x, y in zip(got, ref_batches))
+    assert sum(len(x["video_id"]) for x in got[:n]) == 4 * n
+
+
+def test_state_from_other_world_size_is_refused(demo_shards):
+    a = VideoLoader(str(demo_shards), "train", ClipSpec(frames=2, seconds=1.0), 2, 32, rank=0, world=2, num_workers=0)
+    b = VideoLoader(str(demo_shards), "train", ClipSpec(frames=2, seconds=1.0), 2, 32, rank=0, world=1, num_workers=0)
+    with pytest.raises(ValueError, match="2 data-parallel ranks, this run has 1"):
+        b.load_state_dict(a.state_dict())
+
+
+RANK_SCRIPT = """
+import sys
+from data.loader import VideoLoader
+from data.clips import ClipSpec
+rank, shards = int(sys.argv[1]), sys.argv[2]
+L = VideoLoader(shards, "train", ClipSpec(mode="train", frames=2, seconds=1.0), batch_size=4, image_size=32,
+                rank=rank, world=2, num_workers=2, seed=0)
+n = sum(1 for _ in L) + sum(1 for _ in L)
+print(n, L.steps_per_epoch)
+"""
+
+
+@pytest.mark.parametrize("sizes", [[63], [40, 20, 3]], ids=["one_shard", "three_uneven_shards"])
+def test_two_ranks_yield_equal_batches_without_hang(demo_shards, tmp_path, sizes):
+    shards = regroup(demo_shards, "train", sizes, tmp_path / "s")
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), str(shards)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a rank hung")
+        assert p.returncode == 0, err[-2000:]
+        outs.append(out.split())
+    steps = 63 // (4 * 2)
+    assert outs[0] == outs[1] == [str(2 * steps), str(steps)]
+
+
+def test_bad_samples_are_skipped_and_batches_stay_full(demo_shards, tmp_path, caplog):
+    shards = regroup(demo_shards, "train", [30, 33], tmp_path / "s", corrupt={1, 5, 40})
+    L = _loader(shards, num_workers=0)
+    batches = list(L)
+    assert len(batches) == 15 and all(len(b["video_id"]) == 4 for b in batches)
+    assert L.bad_samples() == 3
+    assert "skipping bad sample" in caplog.text
+
+
+def test_pretrain_long_and_short_from_one_decode(demo_shards):
+    spec = ClipSpec(mode="pretrain", long_frames=8, long_seconds=6.0, short_frames=4, short_seconds=2.0)
+    L = VideoLoader(str(demo_shards), "pretrain", spec, batch_size=3, image_size=64, num_workers=0, seed=0)
+    b = next(iter(L))
+    assert b["long"].shape == (3, 8, 3, 64, 64) and b["short"].shape == (3, 4, 3, 64, 64)
+    lb, sb = b["long_bounds"], b["short_bounds"]
+    assert torch.all(sb[:, 0] >= lb[:, 0]) and torch.all(sb[:, 1] <= lb[:, 1] + 1e-6)
+    assert torch.all(b["label"] == -1)  # unlabelled split
+    # one decode: a short frame and a long frame that index the same decoded frame are identical
+    rng = np.random.default_rng(0)
+    plan = plan_clips(spec, num_frames=64, fps=8.0, rng=rng)[0]
+    (li, lbnd), (si, sbnd) = plan["long"], plan["short"]
+    assert set(si) <= set(range(int(lbnd[0] * 8), int(lbnd[1] * 8) + 1))
+
+
+def test_eval_windows_cover_the_video():
+    spec = ClipSpec(mode="windows", frames=4, seconds=60.0, stride=1.0)
+    plans = plan_clips(spec, num_frames=100 * 2, fps=2.0, rng=np.random.default_rng(0))  # a 100-s video
+    assert len(plans) == 41  # starts 0..40 s
+    starts = [p["video"][1][0] for p in plans]
+    assert starts == [float(s) for s in range(41)] and plans[-1]["video"][1] == (40.0, 100.0)
+    short = plan_clips(spec, num_frames=20, fps=2.0, rng=np.random.default_rng(0))  # 10-s video: one window
+    assert len(short) == 1 and short[0]["video"][0].max() <= 19
