@@ -1,1 +1,44 @@
-"""s5video data package."""
+"""s5video streaming data: shards -> decoded clips -> batches (CPU or DALI backends)."""
+from __future__ import annotations
+
+import json
+import os
+
+from data.clips import ClipSpec
+
+
+def choose_backend(backend: str, source: str) -> str:
+    """Resolve ``data.backend``: ``auto`` = ``dali-mixed`` on a GPU (DALI installed), ``dali-cpu``
+    when the shards are VP9 (DALI's CPU decoder cannot decode H.264), otherwise ``cpu``.
+    Returns one of ``cpu``, ``dali-cpu``, ``dali-mixed``."""
+    import torch
+
+    from data.dali import dali_available
+
+    if backend == "cpu":
+        return "cpu"
+    if backend == "dali":
+        if not dali_available():
+            raise ValueError("data.backend: 'dali' but nvidia-dali is not installed (pip install -e '.[dali]')")
+        return "dali-mixed" if torch.cuda.is_available() else "dali-cpu"
+    if backend != "auto":
+        raise ValueError(f"data.backend: {backend!r} not allowed; allowed values: 'auto', 'dali', 'cpu', 'features'")
+    if not dali_available() or not os.path.isdir(source):
+        return "cpu"
+    if torch.cuda.is_available():
+        return "dali-mixed"
+    codec = json.load(open(os.path.join(source, "manifest.json"))).get("encode", {}).get("codec")
+    return "dali-cpu" if codec == "vp9" else "cpu"
+
+
+def build_loader(backend: str, source: str, split: str, spec: ClipSpec, **kw):
+    """A :class:`data.loader.VideoLoader` or :class:`data.dali.DaliVideoLoader` for ``backend``
+    (see :func:`choose_backend`); keyword arguments are the loaders' (batch_size, image_size,
+    mean, std, rank, world, seed, task, num_classes, num_workers)."""
+    chosen = choose_backend(backend, source)
+    if chosen == "cpu":
+        from data.loader import VideoLoader
+        return VideoLoader(source, split, spec, **kw)
+    from data.dali import DaliVideoLoader
+    kw.pop("num_workers", None)
+    return DaliVideoLoader(source, split, spec, device="mixed" if chosen == "dali-mixed" else "cpu", **kw)

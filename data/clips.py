@@ -105,8 +105,8 @@ def spatial_transform(frames: torch.Tensor, size: int, mean, std, train: bool, r
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)  # (T, 3, nh, nw)
     if train:
         top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
-    else:
-        top, left = (nh - size) // 2, (nw - size) // 2
+    else:  # centre, rounded half up like DALI's crop anchor (crop_pos 0.5), so both backends agree
+        top, left = int((nh - size) / 2 + 0.5), int((nw - size) / 2 + 0.5)
     x = x[..., top:top + size, left:left + size]  # (T, 3, size, size)
     m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype)[:, None, None]

@@ -102,12 +102,14 @@ class VideoLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
-                "loader": self.dl.state_dict()}
+                "backend": "cpu", "loader": self.dl.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["world"] != self.world:
             raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "
                              f"{self.world}: resuming would replay or skip samples; refusing")
+        if state.get("backend", "cpu") != "cpu":
+            raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
         if state["rank"] != self.rank:
             raise ValueError(f"data loader state of rank {state['rank']} loaded on rank {self.rank}")
         self.epoch, self.step = state["epoch"], state["step"]

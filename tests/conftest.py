@@ -31,3 +31,13 @@ def demo_shards(tmp_path_factory, demo_footage) -> Path:
     r = run_make_shards("demo", "--out", str(out), "--cache", str(FOOTAGE))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,162 @@
+"""DALI decode backend: ``fn.readers.webdataset`` -> ``fn.decoders.video`` -> resize / crop /
+normalise inside the DALI pipeline, on the GPU (``device="mixed"``: NVDEC) or on the CPU
+(``device="cpu"``: DALI's FFmpeg-based decoder, VP9 shards; it cannot decode H.264).
+
+Each sample is decoded once into all its frames (shards are stored at a low frame rate), then the
+shared clip planner (:mod:`data.clips`) indexes that one decoded sequence: LSMCL's long and short
+clips, a training clip or the evaluation windows. The output contract is the CPU backend's
+(:mod:`data.loader`).
+
+Sharding: the reader's ``shard_id`` / ``num_shards`` = data-parallel rank / world, rotated by one
+each virtual epoch so every rank sees every sample over ``world`` epochs. Epochs are virtual
+(``num_samples // (batch * world)`` batches per rank, never more than a rank's DALI shard holds),
+so every rank yields the same number of batches and no reader runs dry mid-epoch.
+
+Resume: DALI's pipeline checkpointing (``enable_checkpointing``) is not implemented for
+``fn.decoders.video`` (DALI 2.4 refuses to build such a pipeline), so the loader is deterministic
+instead: one pipeline per virtual epoch, seeded with ``seed + epoch``; its state is (epoch, step,
+pipeline runs, outputs consumed), and :meth:`DaliVideoLoader.load_state_dict` rebuilds that epoch's
+pipeline and replays the runs already consumed. The next batches are exactly those of an
+uninterrupted run; the cost is re-decoding the part of the current epoch already trained on.
+DALI cannot swap a bad sample inside a batch: undecodable samples must be caught when sharding
+(``tools/make_shards.py`` validates every sample by decoding it).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from data.clips import ClipSpec, plan_clips, sample_rng
+from data.loader import SampleMaker
+from data.sources import resolve_shards
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def build_video_pipeline(urls: list[str], batch_size: int, image_size: int, mean, std, shard_id: int,
+                         num_shards: int, seed: int, device: str, train: bool, shuffle: bool,
+                         num_threads: int = 2):
+    """The DALI pipeline: outputs (frames (F, 3, S, S) float normalised, json bytes) per sample.
+
+    device: ``"cpu"`` (device_id None) or ``"mixed"`` (GPU decode, device_id = current CUDA device).
+    """
+    from nvidia.dali import fn, pipeline_def, types  # noqa: PLC0415
+
+    device_id = None if device == "cpu" else torch.cuda.current_device()
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=2)
+    def pipe():
+        video, meta = fn.readers.webdataset(
+            paths=urls, ext=["mp4", "json"], missing_component_behavior="error", shard_id=shard_id,
+            num_shards=num_shards, random_shuffle=shuffle, initial_fill=256, seed=seed, name="reader")
+        frames = fn.decoders.video(video, device=device)  # (F, H, W, 3) uint8
+        frames = fn.resize(frames, resize_shorter=image_size, antialias=True)  # (F, h, w, 3)
+        pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0))) \
+            if train else {}
+        frames = fn.crop_mirror_normalize(
+            frames, crop=(image_size, image_size), mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
+            dtype=types.FLOAT, output_layout="FCHW", **pos)  # (F, 3, S, S)
+        return frames, meta
+
+    p = pipe()
+    p.build()
+    return p
+
+
+class DaliVideoLoader:
+    """Same arguments and batches as :class:`data.loader.VideoLoader`, decoded by DALI.
+
+    device: ``"cpu"`` or ``"mixed"``. Local shard files only (DALI's reader opens paths).
+    """
+
+    def __init__(self, source: str, split: str, spec: ClipSpec, batch_size: int, image_size: int,
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rank: int = 0, world: int = 1, seed: int = 0,
+                 device: str = "cpu", task: str = "classification", num_classes: int = 0, shuffle: bool = True,
+                 num_threads: int = 2):
+        self.shards = resolve_shards(source, split)
+        self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, seed
+        self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
+        self.train = spec.mode in ("train", "pretrain")
+        self.maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
+        self._args = dict(urls=self.shards.urls, batch_size=batch_size, image_size=image_size, mean=mean, std=std,
+                          num_shards=world, device=device, train=self.train, shuffle=shuffle, num_threads=num_threads)
+        self.epoch, self.step = 0, 0
+        self._start_epoch()
+
+    def _start_epoch(self, replay_runs: int = 0, consumed: int = 0) -> None:
+        """Build this epoch's pipeline; replay ``replay_runs`` runs and drop ``consumed`` outputs."""
+        self.pipe = build_video_pipeline(**self._args, seed=self.seed + self.epoch,
+                                         shard_id=(self.rank + self.epoch) % self.world)
+        self.runs, self.consumed, self._pending = 0, 0, []
+        for _ in range(replay_runs):
+            self._pending += self._samples(*self._run())
+        self._pending = self._pending[consumed:]
+        self.consumed = consumed
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _run(self):
+        self.runs += 1
+        return self.pipe.run()
+
+    def _samples(self, frames_tl, meta_tl) -> list[dict]:
+        from nvidia.dali.backend import TensorListGPU  # noqa: PLC0415
+
+        on_gpu = isinstance(frames_tl, TensorListGPU)
+        outs = []
+        for i in range(len(meta_tl)):
+            meta = json.loads(bytes(np.array(meta_tl[i])))
+            key = meta.get("key", "")
+            if on_gpu:
+                from nvidia.dali.plugin.pytorch import feed_ndarray  # noqa: PLC0415
+                t = frames_tl[i]
+                frames = torch.empty(t.shape(), dtype=torch.float32, device="cuda")
+                feed_ndarray(t, frames, cuda_stream=torch.cuda.current_stream())
+            else:
+                frames = torch.from_numpy(np.array(frames_tl[i]))  # (F, 3, S, S)
+            rng = sample_rng(self.seed, self.epoch, key)
+            fps = float(meta.get("fps") or 0) or 1.0
+            for plan in plan_clips(self.maker.spec, frames.shape[0], fps, rng):
+                sample = {"label": self.maker.label(meta), "video_id": key}
+                for name, (idx, bounds) in plan.items():
+                    sample[name] = frames[torch.as_tensor(idx, device=frames.device)]  # (T, 3, S, S)
+                    sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)
+                outs.append(sample)
+        return outs
+
+    def __iter__(self):
+        """The rest of the current virtual epoch."""
+        from torch.utils.data import default_collate  # noqa: PLC0415
+
+        while self.step < self.steps_per_epoch:
+            while len(self._pending) < self.batch_size:
+                self._pending += self._samples(*self._run())
+            batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
+            self.step += 1
+            self.consumed += len(batch)
+            yield default_collate(batch)
+        self.epoch, self.step = self.epoch + 1, 0
+        self._start_epoch()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
+                "runs": self.runs, "consumed": self.consumed, "backend": "dali"}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world"] != self.world:
+            raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "
+                             f"{self.world}: resuming would replay or skip samples; refusing")
+        if state.get("backend") != "dali":
+            raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
+        self.epoch, self.step = state["epoch"], state["step"]
+        self._start_epoch(replay_runs=state["runs"], consumed=state["consumed"])
