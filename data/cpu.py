@@ -24,16 +24,26 @@ from data.sources import ShardSet, assign_shards
 log = logging.getLogger("s5video.data")
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    """Decode every frame of an in-memory video with PyAV: uint8 (F, H, W, 3) RGB.
-    Raises ValueError when no frame decodes."""
+def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
+    """Decode an in-memory video with PyAV: uint8 (F, H, W, 3) RGB of every frame, or, with
+    ``indices`` (ascending, distinct), (len(indices), H, W, 3) of those frames only: every frame is
+    still decoded (the codec needs it) but only the wanted ones are converted to RGB.
+    Raises ValueError when no frame decodes or a wanted index is past the end."""
+    want = None if indices is None else set(indices)
+    out = []
     with av.open(io.BytesIO(data)) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
-    if not frames:
+        for i, f in enumerate(c.decode(stream)):
+            if want is None or i in want:
+                out.append(f.to_ndarray(format="rgb24"))
+            if want is not None and len(out) == len(want):
+                break
+    if not out:
         raise ValueError("no frame decoded")
-    return np.stack(frames)
+    if want is not None and len(out) != len(want):
+        raise ValueError(f"video has fewer frames than its metadata says (wanted frame {max(want)})")
+    return np.stack(out)
 
 
 def iter_shard(url: str) -> Iterator[dict]:
@@ -47,16 +57,14 @@ class ShardStream(IterableDataset):
 
     Args:
         shards: the split's :class:`ShardSet`. rank, world: data-parallel position.
-        seed: shuffling seed. make_samples: ``(key, frames uint8 (F,H,W,3), meta, pass) -> list of
-        sample dicts`` (the clip sampler and transforms); may raise ValueError for a bad sample.
-        decode: bytes -> frames (default PyAV).
+        seed: shuffling seed. make_samples: ``(key, video bytes, meta, pass) -> list of sample
+        dicts`` (decoder, clip sampler and transforms); any exception marks the sample bad.
     """
 
     def __init__(self, shards: ShardSet, rank: int, world: int, seed: int,
-                 make_samples: Callable[[str, np.ndarray, dict, int], list[dict]],
-                 decode: Callable[[bytes], np.ndarray] = decode_video):
+                 make_samples: Callable[[str, bytes, dict, int], list[dict]]):
         self.shards, self.rank, self.world, self.seed = shards, rank, world, seed
-        self.make_samples, self.decode = make_samples, decode
+        self.make_samples = make_samples
         self._state = {"pass": 0, "shard": 0, "sample": 0, "output": 0, "bad": 0, "bad_keys": []}
 
     def state_dict(self) -> dict:
@@ -81,8 +89,7 @@ class ShardStream(IterableDataset):
                     key = raw.get("__key__", f"{url}#{i}")
                     try:
                         meta = json.loads(raw["json"])
-                        frames = self.decode(raw["mp4"])
-                        outs = self.make_samples(key, frames, meta, st["pass"])
+                        outs = self.make_samples(key, raw["mp4"], meta, st["pass"])
                     except Exception as e:  # a bad sample is counted, logged and skipped
                         st["bad"] += 1
                         st["bad_keys"] = (st["bad_keys"] + [key])[-20:]

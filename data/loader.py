@@ -22,7 +22,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
-from data.cpu import ShardStream
+from data.cpu import ShardStream, decode_video
 from data.sources import resolve_shards
 
 
@@ -43,15 +43,31 @@ class SampleMaker:
             return torch.tensor(float(y), dtype=torch.float32)
         return torch.tensor(-1 if y is None else int(y), dtype=torch.int64)
 
-    def __call__(self, key: str, frames: np.ndarray, meta: dict, epoch: int) -> list[dict]:
+    def __call__(self, key: str, data: bytes, meta: dict, epoch: int) -> list[dict]:
+        """Decode ``data`` once and cut this sample's clips. When the metadata gives the frame count
+        (shards from make_shards.py), the clips are planned first and only their frames are
+        converted to RGB."""
         rng = sample_rng(self.seed, epoch, key)
         fps = float(meta.get("fps") or 0) or 1.0
+        n = int(meta.get("num_frames") or 0)
+        if n > 0:
+            plans = plan_clips(self.spec, n, fps, rng)
+            need = np.unique(np.concatenate([idx for p in plans for idx, _ in p.values()]))  # ascending
+            frames, lookup = decode_video(data, need.tolist()), need
+        else:
+            frames = decode_video(data)
+            plans, lookup = plan_clips(self.spec, len(frames), fps, rng), None
+        return self.cut(key, frames, lookup, plans, meta, rng)
+
+    def cut(self, key: str, frames, lookup, plans: list[dict], meta: dict, rng) -> list[dict]:
+        """Samples from decoded frames ((F, H, W, 3) uint8; row i is frame ``lookup[i]`` when given)."""
         train = self.spec.mode in ("train", "pretrain")
         outs = []
-        for plan in plan_clips(self.spec, len(frames), fps, rng):
+        for plan in plans:
             sample = {"label": self.label(meta), "video_id": meta.get("key", key)}
             for name, (idx, bounds) in plan.items():
-                clip = torch.from_numpy(frames[idx])  # (T, H, W, 3) uint8: cut from the one decode
+                rows = idx if lookup is None else np.searchsorted(lookup, idx)
+                clip = torch.from_numpy(frames[rows])  # (T, H, W, 3) uint8: cut from the one decode
                 sample[name] = spatial_transform(clip, self.size, self.mean, self.std, train, rng)
                 sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)
             outs.append(sample)

@@ -143,3 +143,18 @@ def test_eval_windows_cover_the_video():
     assert starts == [float(s) for s in range(41)] and plans[-1]["video"][1] == (40.0, 100.0)
     short = plan_clips(spec, num_frames=20, fps=2.0, rng=np.random.default_rng(0))  # 10-s video: one window
     assert len(short) == 1 and short[0]["video"][0].max() <= 19
+
+
+def test_brace_pattern_and_pipe_sources(demo_shards, tmp_path):
+    shards = regroup(demo_shards, "train", [30, 33], tmp_path / "s")
+    spec = ClipSpec(mode="val", frames=2, seconds=1.0)
+    ref = VideoLoader(str(shards), "train", spec, 3, 32, num_workers=0)
+    pattern = str(shards / "train-{000000..000001}.tar")
+    by_pattern = VideoLoader(pattern, "train", spec, 3, 32, num_workers=0, num_samples=63)
+    piped = VideoLoader(f"pipe:cat {shards}/train-000000.tar::pipe:cat {shards}/train-000001.tar", "train", spec, 3, 32,
+                        num_workers=0, num_samples=63)
+    a, b, c = list(ref), list(by_pattern), list(piped)
+    assert len(a) == len(b) == len(c) == 21
+    assert all(_same(x, y) and _same(x, z) for x, y, z in zip(a, b, c))
+    with pytest.raises(ValueError, match="number of samples"):
+        VideoLoader(pattern, "train", spec, 3, 32, num_workers=0)
