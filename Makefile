@@ -20,7 +20,7 @@ $(STAMP): setup.py $(CONSTRAINTS) scripts/install_system.sh
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU build on CPU machines; nothing may upgrade it afterwards.
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dali,dev]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dali,ffcv,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

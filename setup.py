@@ -30,6 +30,8 @@ setup(
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.
         "dali": ["nvidia-dali-cuda120>=2.0"],
         "dali-cu13": ["nvidia-dali-cuda130>=2.0"],
+        # FFCV feature cache; builds from source: needs scripts/install_system.sh's Debian packages
+        "ffcv": ["ffcv==1.0.2", "pillow"],
         "dev": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["s5video-make-shards=tools.make_shards:main"]},

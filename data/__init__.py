@@ -33,8 +33,17 @@ def choose_backend(backend: str, source: str) -> str:
 
 def build_loader(backend: str, source: str, split: str, spec: ClipSpec, **kw):
     """A :class:`data.loader.VideoLoader` or :class:`data.dali.DaliVideoLoader` for ``backend``
-    (see :func:`choose_backend`); keyword arguments are the loaders' (batch_size, image_size,
+    (see :func:`choose_backend`), or a :class:`data.features.FeatureLoader` for ``features`` (pass
+    ``features=`` the .beton path); keyword arguments are the loaders' (batch_size, image_size,
     mean, std, rank, world, seed, task, num_classes, num_workers)."""
+    if backend == "features":
+        from data.features import FeatureLoader
+        if not kw.get("features"):
+            raise ValueError("data.backend: 'features' needs data.features (a .beton from tools/extract_features.py)")
+        return FeatureLoader(kw["features"], kw["batch_size"], order="random" if spec.mode == "train" else "sequential",
+                             seed=kw.get("seed", 0), drop_last=spec.mode == "train",
+                             distributed=kw.get("world", 1) > 1)
+    kw.pop("features", None)
     chosen = choose_backend(backend, source)
     if chosen == "cpu":
         from data.loader import VideoLoader

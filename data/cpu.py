@@ -59,12 +59,13 @@ class ShardStream(IterableDataset):
         shards: the split's :class:`ShardSet`. rank, world: data-parallel position.
         seed: shuffling seed. make_samples: ``(key, video bytes, meta, pass) -> list of sample
         dicts`` (decoder, clip sampler and transforms); any exception marks the sample bad.
+        max_passes: stop after this many passes over the shards (None: endless; 1: evaluation).
     """
 
     def __init__(self, shards: ShardSet, rank: int, world: int, seed: int,
-                 make_samples: Callable[[str, bytes, dict, int], list[dict]]):
+                 make_samples: Callable[[str, bytes, dict, int], list[dict]], max_passes: int | None = None):
         self.shards, self.rank, self.world, self.seed = shards, rank, world, seed
-        self.make_samples = make_samples
+        self.make_samples, self.max_passes = make_samples, max_passes
         self._state = {"pass": 0, "shard": 0, "sample": 0, "output": 0, "bad": 0, "bad_keys": []}
 
     def state_dict(self) -> dict:
@@ -105,6 +106,8 @@ class ShardStream(IterableDataset):
                         st["sample"], st["output"] = i + 1, 0
                 st["shard"], st["sample"], st["output"] = st["shard"] + 1, 0, 0
             st["pass"], st["shard"], st["sample"], st["output"] = st["pass"] + 1, 0, 0, 0
+            if self.max_passes is not None and st["pass"] >= self.max_passes:
+                return
             empty_passes = 0 if produced else empty_passes + 1
             if empty_passes >= 3:
                 raise RuntimeError(f"rank {self.rank} worker {worker}: 3 passes over its shards produced no "

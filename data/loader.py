@@ -83,22 +83,25 @@ class VideoLoader:
         mean, std: the frame encoder's normalisation. rank, world: data-parallel position.
         seed: data seed (shard order, clip positions, crops). num_workers: decode processes.
         task: ``classification`` | ``regression`` | ``multilabel``. num_classes: for multi-hot labels.
+        finite: one pass over this rank's shards, every sample once, last batch possibly short
+            (evaluation, feature extraction); ranks may then yield different numbers of batches.
     Raises ValueError / FileNotFoundError naming the bad setting.
     """
 
     def __init__(self, source: str, split: str, spec: ClipSpec, batch_size: int, image_size: int,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rank: int = 0, world: int = 1, seed: int = 0,
                  num_workers: int = 2, task: str = "classification", num_classes: int = 0,
-                 num_samples: int | None = None):
+                 num_samples: int | None = None, finite: bool = False):
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
         self.shards = resolve_shards(source, split, num_samples)
         self.rank, self.world, self.batch_size = rank, world, batch_size
         self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
-        self.stream = ShardStream(self.shards, rank, world, seed, maker)
+        self.finite = finite
+        self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
         self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
-                                     persistent_workers=num_workers > 0, drop_last=True,
+                                     persistent_workers=num_workers > 0 and not finite, drop_last=not finite,
                                      multiprocessing_context="fork" if num_workers > 0 else None)
         self.epoch, self.step = 0, 0
         self._it = None
@@ -107,7 +110,11 @@ class VideoLoader:
         return self.steps_per_epoch
 
     def __iter__(self):
-        """The rest of the current virtual epoch (all of it when started fresh)."""
+        """The rest of the current virtual epoch (all of it when started fresh); with ``finite``,
+        one pass over the shards."""
+        if self.finite:
+            yield from self.dl
+            return
         if self._it is None:
             self._it = iter(self.dl)
         while self.step < self.steps_per_epoch:
