@@ -25,6 +25,9 @@ setup(
         "torchmetrics>=1.0",
         "torchdata>=0.10",  # StatefulDataLoader: resumable multi-worker loading
         "braceexpand>=0.1",
+        "deepspeed>=0.16",  # ZeRO; CPU accelerator + gloo on machines without a GPU
+        "tensorboard>=2.10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.

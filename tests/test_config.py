@@ -34,6 +34,7 @@ def test_inheritance_order_and_overrides(tmp_path):
     assert cfg.train.lr == 0.25  # CLI wins over the files
     assert cfg.train.warmup_steps == Config().train.warmup_steps  # untouched default
     assert (cfg.checkpoint.resume, cfg.run.dir) == ("none", "/x/y")
+    assert load_config(None, ["train.lr=3e-3"]).train.lr == 0.003  # YAML 1.1 reads 3e-3 as a string
 
 
 def test_unknown_key_names_closest(tmp_path):

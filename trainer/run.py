@@ -1,0 +1,344 @@
+"""The training run: config -> data, frozen encoder, model, DeepSpeed engine -> steps, checkpoints,
+evaluation, logs. ``Trainer.run`` reads top to bottom; helpers below it are small."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from data import build_loader
+from data.clips import ClipSpec
+from models import create_model
+from models.encoders import create_encoder
+from models.heads import task_loss
+from models.lsmcl import LSMCL
+from models.ssm import ssm_param_groups
+from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from trainer.config import Config, ConfigError, save_config, to_dict
+from trainer.distributed import init_distributed
+from trainer.logs import MetricsLogger, console_line, plot_curves
+
+
+class TokenModel(nn.Module):
+    """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model."""
+
+    def __init__(self, name: str, in_dim: int, width: int, num_classes: int, **kw):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, width) if in_dim != width else nn.Identity()
+        self.backbone = create_model(name, num_classes=num_classes, d_model=width, **kw)
+        self.out_dim = self.backbone.out_dim
+
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(self.proj(tokens))  # (B, D_out)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.proj(tokens))  # (B, classes)
+
+    def update_momentum(self) -> None:
+        if hasattr(self.backbone, "update_momentum"):
+            self.backbone.update_momentum()
+
+
+def model_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    kw = dict(depth=m.depth, d_state=m.state_size, kernel=m.kernel, dropout=m.dropout)
+    if m.name.startswith("s5"):
+        kw.update(keep_ratio=m.keep_ratio, mask_generator=m.mask_generator, gumbel_temperature=m.gumbel_temperature,
+                  momentum=m.momentum)
+    elif m.name.startswith("vis4mer"):
+        kw.update(pool=m.pool)
+    elif m.name.startswith("lst"):
+        kw = dict(depth=m.depth, dropout=m.dropout)
+    elif m.name.startswith("videomamba"):
+        kw = dict(depth=m.depth, d_state=min(m.state_size, 16))
+    return kw
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine to 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                              timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, config_path: str | None = None):
+        self.cfg, self.config_path = cfg, config_path
+        self.stop = False
+
+    # ------------------------------------------------------------------ the run, top to bottom
+    def run(self) -> int:
+        import deepspeed
+
+        cfg = self.cfg
+        info = init_distributed()
+        self.rank, self.world = info.rank, info.world
+        self.device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if cfg.train.precision == "bf16" and not torch.cuda.is_available():
+            cfg.train.precision = "fp32"  # bf16 autocast on CPU is slow and gains nothing here
+        for s in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(s, lambda *_: setattr(self, "stop", True))
+        torch.manual_seed(cfg.run.seed + self.rank)
+        run_dir = Path(cfg.run.dir)
+        if self.rank == 0:
+            save_config(cfg, run_dir)
+        self.write_run_info(info)
+        self.log = MetricsLogger(str(run_dir), self.rank == 0, cfg.logging.tensorboard)
+
+        self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(self.device)
+        self.loader = self.build_train_loader()
+        self.num_classes = cfg.model.num_classes or len(self.loader.shards.classes) or 1
+        model = self.build_model()
+        optimizer = torch.optim.AdamW(ssm_param_groups(model, cfg.train.lr, cfg.train.weight_decay),
+                                      lr=cfg.train.lr, betas=(0.9, 0.999))
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.train.warmup_steps, cfg.train.max_steps))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
+                                                    config=self.deepspeed_config())
+
+        step, nonfinite, best = 0, 0, None
+        ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
+        if ckpt is not None:
+            step, state = load_checkpoint(self.engine, ckpt, self.rank, self.world)
+            self.loader.load_state_dict(state["loader"])
+            nonfinite, best = state.get("nonfinite", 0), state.get("best")
+            self.print(f"resumed from {ckpt} at step {step}")
+        if cfg.run.mode == "eval":
+            return self.finish(step, best, evaluate_only=True)
+
+        self.print(f"{cfg.run.mode}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable "
+                   f"parameters, world {self.world}, ZeRO stage {cfg.train.zero_stage}, {len(self.loader)} steps/epoch")
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.train.max_steps, initial=step, disable=self.rank != 0 or not cfg.logging.progress_bar,
+                   dynamic_ncols=True)
+        it = iter(self.loader)
+        window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
+        while step < cfg.train.max_steps:
+            losses = []
+            for _ in range(cfg.train.grad_accum):  # micro-batches of one optimizer step
+                t = time.perf_counter()
+                batch = next(it, None)
+                if batch is None:  # end of a virtual epoch: every rank reaches it at the same step
+                    it = iter(self.loader)
+                    batch = next(it)
+                window["wait"] += time.perf_counter() - t
+                loss = self.forward_loss(batch, step)
+                if not self.all_finite(loss):  # skip the whole step on every rank
+                    losses = None
+                    break
+                self.engine.backward(loss)
+                self.engine.step()
+                losses.append(loss.item())
+                window["clips"] += len(batch["video_id"]) * self.world
+            if losses is None:
+                nonfinite += 1
+                self.print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)")
+                if nonfinite >= cfg.train.max_nonfinite_steps:
+                    raise FloatingPointError(f"{nonfinite} non-finite losses in a row (train.max_nonfinite_steps="
+                                             f"{cfg.train.max_nonfinite_steps}); stopping. Last checkpoint is valid.")
+                continue
+            nonfinite = 0
+            self.update_momentum()  # EMA: LSMCL key encoder / S5's momentum S4
+            step += 1
+            bar.update(1)
+            window["loss"] += sum(losses) / len(losses)
+            window["n"] += 1
+            if step % cfg.logging.every_steps == 0 or step == cfg.train.max_steps:
+                self.log_train(step, window)
+                window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
+            if cfg.run.mode == "finetune" and step % cfg.train.eval_every_steps == 0 and step < cfg.train.max_steps:
+                best = self.validate(step, best)
+            if self.sync_flag(self.stop):
+                self.save(step, nonfinite, best)
+                self.print(f"stop signal: checkpoint saved at step {step}; exiting")
+                bar.close()
+                return self.shutdown(0)
+            if step % cfg.checkpoint.every_steps == 0 and step < cfg.train.max_steps:
+                self.save(step, nonfinite, best)
+        bar.close()
+        self.save(step, nonfinite, best)
+        return self.finish(step, best)
+
+    # ------------------------------------------------------------------ pieces
+    def build_train_loader(self):
+        cfg, d = self.cfg, self.cfg.data
+        if cfg.run.mode == "pretrain":
+            spec = ClipSpec(mode="pretrain", long_frames=d.long_frames, long_seconds=d.long_seconds,
+                            short_frames=d.short_frames, short_seconds=d.short_seconds,
+                            short_inside_long=d.short_inside_long)
+        else:
+            spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds)
+        return build_loader(d.backend if d.backend != "features" else "cpu", d.shards, d.train_split, spec,
+                            batch_size=d.batch_size, image_size=d.image_size, mean=self.encoder.mean,
+                            std=self.encoder.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
+                            num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes)
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        head_classes = 0 if cfg.run.mode == "pretrain" else (1 if cfg.model.task == "regression" else self.num_classes)
+        model = TokenModel(cfg.model.name, self.encoder.dim, cfg.model.width, head_classes, **model_kwargs(cfg))
+        if cfg.run.mode == "pretrain":
+            return LSMCL(model, proj_dim=128, momentum=cfg.model.momentum, mask_ratio=cfg.model.mask_ratio,
+                         temperature=cfg.model.contrastive_temperature)
+        if cfg.run.init_from:
+            self.init_from(model, cfg.run.init_from)
+        return model
+
+    def init_from(self, model: nn.Module, path: str) -> None:
+        """Load the query encoder of a pretraining run (a run dir or a checkpoint dir); report keys."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        ckpt = resolve_resume("auto", path) if (Path(path) / "checkpoints").is_dir() else Path(path)
+        if ckpt is None or not (ckpt / "meta.json").exists():
+            raise FileNotFoundError(f"run.init_from: no complete checkpoint in {path}")
+        try:
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="state")
+        except (FileNotFoundError, ValueError):
+            sd = torch.load(ckpt / "state" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        prefix = "encoder_q."
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        self.print(f"init_from {ckpt}: {len(sd)} tensors loaded; missing keys {list(missing)}; "
+                   f"unexpected keys {list(unexpected)}")
+
+    def deepspeed_config(self) -> dict:
+        t = self.cfg.train
+        return {"train_micro_batch_size_per_gpu": self.cfg.data.batch_size, "gradient_accumulation_steps": t.grad_accum,
+                "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
+                "bf16": {"enabled": t.precision == "bf16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False,
+                "zero_allow_untested_optimizer": True}
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.encoder(video.to(self.device, non_blocking=True))
+        return tokens.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tokens  # (B, L, D)
+
+    def forward_loss(self, batch: dict, step: int) -> torch.Tensor:
+        if self.cfg.run.mode == "pretrain":  # long and short clips alternately query and key
+            query = "short" if step % 2 == 0 else "long"
+            return self.engine(self.encode(batch["long"]), self.encode(batch["short"]), query=query)
+        out = self.engine(self.encode(batch["video"]))
+        return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=2.0
+                         if self.cfg.model.task == "multilabel" else None, label_smoothing=self.cfg.train.label_smoothing)
+
+    def update_momentum(self) -> None:
+        """The model's EMA update; under ZeRO-3 the partitioned parameters are gathered for it
+        (outside forward they are empty placeholders) and re-partitioned afterwards."""
+        import deepspeed
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0,
+                                               enabled=self.cfg.train.zero_stage == 3):
+            module.update_momentum()
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def sync_flag(self, flag: bool) -> bool:
+        t = torch.tensor([float(flag)], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def log_train(self, step: int, w: dict) -> None:
+        dt = max(1e-9, time.perf_counter() - w["t0"])
+        peak = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        gn = self.engine.get_global_grad_norm()
+        m = {"loss": w["loss"] / max(1, w["n"]), "lr": self.engine.get_lr()[0],
+             "grad_norm": float(gn) if gn is not None else float("nan"), "clips_per_s": w["clips"] / dt,
+             "data_wait_pct": 100 * w["wait"] / dt, "peak_mem_gb": peak}
+        self.log.log(step, "train", **m)
+        self.print(console_line(step, self.cfg.train.max_steps, m))
+
+    def save(self, step: int, nonfinite: int, best) -> None:
+        state = {"loader": self.loader.state_dict(), "nonfinite": nonfinite, "best": best}
+        save_checkpoint(self.engine, self.cfg.run.dir, step, self.rank, self.world, state, to_dict(self.cfg),
+                        self.cfg.checkpoint.keep_last)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str) -> dict:
+        from trainer.evaluate import evaluate_split
+        return evaluate_split(self, split)
+
+    def validate(self, step: int, best):
+        """Evaluate on the validation split; keep the weights of the best one (selection on val only)."""
+        m = self.evaluate(self.cfg.data.val_split)
+        self.log.log(step, self.cfg.data.val_split, **m)
+        self.print(f"step {step} {self.cfg.data.val_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        key = {"classification": "top1", "multilabel": "mAP", "regression": "mse"}[self.cfg.model.task]
+        improved = best is None or (m[key] < best["value"] if key == "mse" else m[key] > best["value"])
+        if improved:
+            best = {"step": step, "value": m[key], "metric": key, "val": m}
+            self.engine.save_checkpoint(str(Path(self.cfg.run.dir) / "best"), tag="state")
+        return best
+
+    def finish(self, step: int, best, evaluate_only: bool = False) -> int:
+        cfg = self.cfg
+        results = {"steps": step, "mode": cfg.run.mode}
+        if cfg.run.mode in ("finetune", "eval"):
+            if not evaluate_only:
+                best = self.validate(step, best)
+                self.engine.load_checkpoint(str(Path(cfg.run.dir) / "best"), tag="state", load_optimizer_states=False,
+                                            load_lr_scheduler_states=False)
+            test = self.evaluate(cfg.data.test_split)  # once, for the model selected on val
+            self.log.log(step, cfg.data.test_split, **test)
+            results.update(selected=best, test=test, val=(best or {}).get("val"))
+            self.print(f"{cfg.data.test_split} (model selected on {cfg.data.val_split} at step "
+                       f"{(best or {}).get('step')}): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        if self.rank == 0:
+            rows = [json.loads(l) for l in open(Path(cfg.run.dir) / "metrics.jsonl")] if \
+                (Path(cfg.run.dir) / "metrics.jsonl").exists() else []
+            train = [r for r in rows if r["split"] == "train"]
+            results["train"] = {"first_loss": train[0]["loss"], "final_loss": train[-1]["loss"]} if train else {}
+            with open(Path(cfg.run.dir) / "results.json", "w") as f:
+                json.dump(results, f, indent=1)
+            plot_curves(cfg.run.dir)
+        return self.shutdown(0)
+
+    # ------------------------------------------------------------------ housekeeping
+    def write_run_info(self, info) -> None:
+        import deepspeed
+        hosts = [None] * self.world
+        dist.all_gather_object(hosts, {"rank": self.rank, "host": info.host,
+                                       "node": os.environ.get("SLURMD_NODENAME", info.host)})
+        if self.rank == 0:
+            Path(self.cfg.run.dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.cfg.run.dir) / "run_info.json", "w") as f:
+                json.dump({"world_size": self.world, "ranks": hosts, "git_commit": git_commit(),
+                           "config_file": self.config_path, "python": platform.python_version(),
+                           "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+                           "cuda": torch.cuda.is_available(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, f,
+                          indent=1)
+
+    def print(self, msg: str) -> None:
+        if self.rank == 0:
+            from tqdm import tqdm
+            tqdm.write(msg)
+
+    def shutdown(self, code: int) -> int:
+        self.log.close()
+        self.engine.destroy()  # before the process group: ZeRO-3 otherwise may abort at exit on CPU
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        return code
