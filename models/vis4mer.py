@@ -40,7 +40,10 @@ class SelfAttention(nn.Module):
 
 
 def pool_tokens(x: torch.Tensor, pool: str, grid: tuple[int, int, int] | None):
-    """Halve the sequence. x: (B, L, D) -> (B, L', D), new grid (T, H', W') or None."""
+    """Halve the sequence. x: (B, L, D) -> (B, L', D), new grid (T, H', W') or None. A sequence
+    of one token is returned as is (nothing left to pool)."""
+    if x.shape[1] < 2 and pool == "avg1d":
+        return x, grid
     if pool == "avg1d":
         return F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2), None  # (B, L // 2, D)
     if pool == "max_st":

@@ -40,6 +40,11 @@ def test_vis4mer_paper_shapes_avg1d_and_max_st():
         st(torch.randn(1, 60 * 197, 64))
 
 
+def test_pooling_stops_at_one_token():
+    m = ViS4mer(num_classes=2, d_model=32, depth=3, d_state=4).eval()
+    assert [o.shape[1] for o in m.decoder.forward_tokens(torch.randn(1, 3, 32))] == [1, 1, 1]
+
+
 def test_max_st_pool_is_spatial_max_per_frame():
     from models.vis4mer import pool_tokens
     x = torch.randn(2, 3 * 4 * 4, 5)

@@ -97,3 +97,38 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(demo_shards, tmp_path):
                           "train.eval_every_steps=1000"))
     assert f"at step {step}" in out
     assert max(train_losses(run)) == step + 3
+
+
+def test_pretrain_then_finetune_init_from(demo_shards, tmp_path):
+    pre = tmp_path / "pretrain"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29600 + os.getpid() % 1000), "trainer/main.py", "--config", "configs/demo_pretrain.yaml",
+           f"run.dir={pre}", f"data.shards={demo_shards}", "model.width=32", "model.depth=2", "model.state_size=8",
+           "data.image_size=64", "data.long_frames=4", "data.short_frames=2", "data.batch_size=4",
+           "train.max_steps=4", "checkpoint.every_steps=100", "logging.progress_bar=false", "logging.every_steps=1"]
+    finish(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True))
+    assert len(train_losses(pre)) == 4
+    out = finish(torchrun(tmp_path / "ft", demo_shards, f"run.init_from={pre}", "train.max_steps=2",
+                          "train.eval_every_steps=100", "checkpoint.every_steps=100"))
+    line = next(l for l in out.splitlines() if l.startswith("init_from"))
+    assert "missing keys ['backbone.backbone.head.weight', 'backbone.backbone.head.bias']" in line
+    assert "unexpected keys []" in line
+
+
+def test_nonfinite_losses_stop_with_clear_error(demo_shards, tmp_path):
+    p = torchrun(tmp_path / "nan", demo_shards, "train.lr=1e30", "train.ssm_lr=1e30", "train.warmup_steps=0",
+                 "train.max_steps=50", "train.max_nonfinite_steps=3", "checkpoint.every_steps=1000",
+                 "train.eval_every_steps=1000", "train.grad_clip=0.0")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0
+    assert "non-finite loss, step skipped (1 in a row)" in out
+    assert "3 non-finite losses in a row (train.max_nonfinite_steps=3); stopping" in out
+
+
+def test_resume_with_other_world_size_is_refused(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    finish(torchrun(run, demo_shards, "train.max_steps=2", "checkpoint.every_steps=1000", "train.eval_every_steps=1000"))
+    p = torchrun(run, demo_shards, "train.max_steps=4", nproc=1)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "was saved by 2 ranks and this run has 1" in out

@@ -216,6 +216,9 @@ class Trainer:
         prefix = "encoder_q."
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         missing, unexpected = model.load_state_dict(sd, strict=False)
+        if hasattr(model.backbone, "update_momentum") and any(".s4_hat." in k for k in missing):
+            model.backbone.update_momentum(0.0)  # the momentum S4 starts as a copy of the loaded S4
+            missing = [k for k in missing if ".s4_hat." not in k]
         self.print(f"init_from {ckpt}: {len(sd)} tensors loaded; missing keys {list(missing)}; "
                    f"unexpected keys {list(unexpected)}")
 
