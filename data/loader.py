@@ -37,7 +37,7 @@ class SampleMaker:
         y = meta.get("label")
         if self.task == "multilabel":
             out = torch.zeros(self.num_classes)
-            out[list(y or [])] = 1.0
+            out[[y] if isinstance(y, int) else list(y or [])] = 1.0  # a single-label dataset read as multi-label
             return out
         if self.task == "regression":
             return torch.tensor(float(y), dtype=torch.float32)

@@ -126,9 +126,45 @@ def test_nonfinite_losses_stop_with_clear_error(demo_shards, tmp_path):
     assert "3 non-finite losses in a row (train.max_nonfinite_steps=3); stopping" in out
 
 
-def test_resume_with_other_world_size_is_refused(demo_shards, tmp_path):
+def test_resume_with_other_world_size_is_refused_and_eval_mode(demo_shards, tmp_path):
     run = tmp_path / "run"
     finish(torchrun(run, demo_shards, "train.max_steps=2", "checkpoint.every_steps=1000", "train.eval_every_steps=1000"))
+    trained = json.loads((run / "results.json").read_text())["test"]
+    out = finish(torchrun(run, demo_shards, "run.mode=eval", "checkpoint.resume=auto"))
+    assert "resumed from" in out and "at step 2" in out
+    evaluated = json.loads((run / "results.json").read_text())
+    assert evaluated["mode"] == "eval" and evaluated["test"]["videos"] == 21
+    assert abs(evaluated["test"]["top1"] - trained["top1"]) < 1e-6  # best = last here: same weights
     p = torchrun(run, demo_shards, "train.max_steps=4", nproc=1)
     out, _ = p.communicate(timeout=300)
     assert p.returncode != 0 and "was saved by 2 ranks and this run has 1" in out
+
+
+CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml") if p.name != "base.yaml")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_runs_on_demo_shards(demo_shards, tmp_path, config):
+    """Each shipped config, pointed at the demo shards with a small train.max_steps, trains and
+    evaluates in one process (the ViT-L/16 configs with the packaged EfficientNet encoder: the
+    ViT checkpoint is not on this machine; the class count from the demo manifest)."""
+    overrides = [f"run.dir={tmp_path / 'run'}", f"data.shards={demo_shards}", "train.max_steps=2",
+                 "model.encoder=efficientnet_lite0", "model.width=32", "model.depth=2", "model.state_size=8",
+                 "data.image_size=64", "data.frames=2", "data.long_frames=2", "data.short_frames=2",
+                 "data.batch_size=2", "data.num_workers=1", "logging.progress_bar=false", "run.init_from=null",
+                 "data.val_split=val", "data.test_split=test", "model.num_classes=0"]
+    if "k600" in config or "pretrain" in config:
+        overrides.append("data.train_split=train")
+    r = subprocess.run([sys.executable, "trainer/main.py", "--config", config, *overrides], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 2
+
+
+def test_class_count_mismatch_is_a_config_error(demo_shards, tmp_path):
+    r = subprocess.run([sys.executable, "trainer/main.py", "--config", "configs/demo_finetune.yaml",
+                        f"run.dir={tmp_path}", f"data.shards={demo_shards}", "model.num_classes=4", "train.max_steps=1",
+                        "data.num_workers=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "model.num_classes: 4, but the shards" in r.stderr and "have 6 classes" in r.stderr

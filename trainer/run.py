@@ -94,8 +94,9 @@ class Trainer:
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
         self.device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        if cfg.train.precision == "bf16" and not torch.cuda.is_available():
-            cfg.train.precision = "fp32"  # bf16 autocast on CPU is slow and gains nothing here
+        bf16_on_cpu = cfg.train.precision == "bf16" and not torch.cuda.is_available()
+        if bf16_on_cpu:
+            cfg.train.precision = "fp32"  # bf16 on CPU is slow and gains nothing; fp16 DeepSpeed refuses on CPU
         for s in (signal.SIGTERM, signal.SIGUSR2):
             signal.signal(s, lambda *_: setattr(self, "stop", True))
         torch.manual_seed(cfg.run.seed + self.rank)
@@ -104,10 +105,18 @@ class Trainer:
             save_config(cfg, run_dir)
         self.write_run_info(info)
         self.log = MetricsLogger(str(run_dir), self.rank == 0, cfg.logging.tensorboard)
+        if bf16_on_cpu:
+            self.print("train.precision: bf16 requested but no GPU: training in fp32")
 
         self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(self.device)
         self.loader = self.build_train_loader()
-        self.num_classes = cfg.model.num_classes or len(self.loader.shards.classes) or 1
+        classes = self.loader.shards.classes
+        if (cfg.model.task == "classification" and classes and cfg.model.num_classes
+                and cfg.model.num_classes != len(classes)):
+            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the shards in {cfg.data.shards} have "
+                              f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); "
+                              f"set model.num_classes={len(classes)} or 0 (= from the manifest)")
+        self.num_classes = cfg.model.num_classes or len(classes) or 1
         model = self.build_model()
         optimizer = torch.optim.AdamW(ssm_param_groups(model, cfg.train.lr, cfg.train.weight_decay),
                                       lr=cfg.train.lr, betas=(0.9, 0.999))
