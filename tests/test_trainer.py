@@ -168,3 +168,15 @@ def test_class_count_mismatch_is_a_config_error(demo_shards, tmp_path):
                         "data.num_workers=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "model.num_classes: 4, but the shards" in r.stderr and "have 6 classes" in r.stderr
+
+
+def test_deepspeed_launcher_starts_two_cpu_ranks(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+           str(29700 + os.getpid() % 1000), "trainer/main.py", "--config", "configs/demo_finetune.yaml",
+           f"run.dir={run}", f"data.shards={demo_shards}", *TINY, "train.max_steps=2", "train.eval_every_steps=100",
+           "checkpoint.every_steps=100"]
+    finish(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True))
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["world_size"] == 2 and len(info["ranks"]) == 2
