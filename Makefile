@@ -31,8 +31,15 @@ test: install
 shards-demo: install
 	$(PY) tools/make_shards.py demo --out $(DEMO_SHARDS)
 
+# The main job on real footage: LSMCL pretraining of S5 over frozen EfficientNet-Lite0 (2 ranks,
+# DeepSpeed on CPU or GPU), then finetuning from it and a test evaluation of the model selected
+# on val. (The Slurm/submitit launcher and the baselines summary come with their issues.)
+DS := $(VENV)/bin/deepspeed --num_gpus 2
 demo: shards-demo
-	@echo "demo shards ready in $(DEMO_SHARDS) (training stages land with the trainer/launcher issues)"
+	$(DS) trainer/main.py --config configs/demo_pretrain.yaml data.shards=$(DEMO_SHARDS) checkpoint.resume=none
+	$(DS) trainer/main.py --config configs/demo_finetune.yaml data.shards=$(DEMO_SHARDS) \
+		run.init_from=runs/demo/pretrain checkpoint.resume=none
+	@cat runs/demo/finetune/results.json
 
 bench: install
 	$(PY) benchmarks/make_shards.py

@@ -124,14 +124,10 @@ class DaliVideoLoader:
                 feed_ndarray(t, frames, cuda_stream=torch.cuda.current_stream())
             else:
                 frames = torch.from_numpy(np.array(frames_tl[i]))  # (F, 3, S, S)
-            rng = sample_rng(self.seed, self.epoch, key)
-            fps = float(meta.get("fps") or 0) or 1.0
-            for plan in plan_clips(self.maker.spec, frames.shape[0], fps, rng):
-                sample = {"label": self.maker.label(meta), "video_id": key}
-                for name, (idx, bounds) in plan.items():
-                    sample[name] = frames[torch.as_tensor(idx, device=frames.device)]  # (T, 3, S, S)
-                    sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)
-                outs.append(sample)
+            plans = plan_clips(self.maker.spec, frames.shape[0], float(meta.get("fps") or 0) or 1.0,
+                               sample_rng(self.seed, self.epoch, key))
+            outs += self.maker.assemble(key, meta, plans,
+                                        lambda idx, f=frames: f[torch.as_tensor(idx, device=f.device)])  # (T, 3, S, S)
         return outs
 
     def __iter__(self):

@@ -62,13 +62,21 @@ class SampleMaker:
     def cut(self, key: str, frames, lookup, plans: list[dict], meta: dict, rng) -> list[dict]:
         """Samples from decoded frames ((F, H, W, 3) uint8; row i is frame ``lookup[i]`` when given)."""
         train = self.spec.mode in ("train", "pretrain")
+
+        def clip(idx):
+            rows = idx if lookup is None else np.searchsorted(lookup, idx)
+            return spatial_transform(torch.from_numpy(frames[rows]), self.size, self.mean, self.std, train, rng)
+
+        return self.assemble(key, meta, plans, clip)
+
+    def assemble(self, key: str, meta: dict, plans: list[dict], clip) -> list[dict]:
+        """The output dicts of one video: ``clip(indices) -> (T, 3, S, S)`` cuts each planned clip
+        from the one decoded sequence; adds label, video_id and bounds (seconds)."""
         outs = []
         for plan in plans:
             sample = {"label": self.label(meta), "video_id": meta.get("key", key)}
             for name, (idx, bounds) in plan.items():
-                rows = idx if lookup is None else np.searchsorted(lookup, idx)
-                clip = torch.from_numpy(frames[rows])  # (T, H, W, 3) uint8: cut from the one decode
-                sample[name] = spatial_transform(clip, self.size, self.mean, self.std, train, rng)
+                sample[name] = clip(idx)
                 sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)
             outs.append(sample)
         return outs
