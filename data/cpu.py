@@ -15,7 +15,6 @@ from typing import Callable, Iterator
 
 import av
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 

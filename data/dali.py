@@ -35,7 +35,7 @@ from data.sources import resolve_shards
 
 def dali_available() -> bool:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401  (availability check)
         return True
     except ImportError:
         return False

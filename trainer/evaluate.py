@@ -58,7 +58,7 @@ def evaluate_split(trainer, split: str) -> dict:
                           num_classes=trainer.num_classes, finite=True)
     engine = trainer.engine
     engine.eval()
-    ids, outs, labs, losses = [], [], [], []
+    ids, outs, labs = [], [], []
     it = iter(loader)
     dummy = None
     while True:

@@ -9,20 +9,14 @@ DeepSpeed and the optimizer; the decoder trains under ZeRO stage ``train.zero_st
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import signal
 import sys
-import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "trainer"):
     sys.path[0] = _REPO  # `python trainer/main.py`: import the packages, not trainer/'s modules
 
-import torch  # noqa: E402
-
-from trainer.config import Config, load_config, save_config, to_dict  # noqa: E402
+from trainer.config import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,18 +25,6 @@ def parse_args(argv=None):
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     p.add_argument("overrides", nargs="*", help="section.key=value")
     return p.parse_args(argv)
-
-
-class StopRequested:
-    """SIGTERM / SIGUSR2 set a flag; the loop saves a checkpoint and exits 0 (the launcher requeues)."""
-
-    def __init__(self):
-        self.flag = False
-        for s in (signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(s, self._set)
-
-    def _set(self, *_):
-        self.flag = True
 
 
 def main(argv=None) -> int:
