@@ -1,7 +1,6 @@
 """Shared fixtures: real demo footage (fetched once into <repo>/cache) and demo shards built per session."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

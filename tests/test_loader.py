@@ -131,7 +131,7 @@ def test_pretrain_long_and_short_from_one_decode(demo_shards):
     # one decode: a short frame and a long frame that index the same decoded frame are identical
     rng = np.random.default_rng(0)
     plan = plan_clips(spec, num_frames=64, fps=8.0, rng=rng)[0]
-    (li, lbnd), (si, sbnd) = plan["long"], plan["short"]
+    (_, lbnd), (si, _) = plan["long"], plan["short"]
     assert set(si) <= set(range(int(lbnd[0] * 8), int(lbnd[1] * 8) + 1))
 
 
