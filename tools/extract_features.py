@@ -11,6 +11,7 @@ normalised with the encoder's mean/std. Encoding runs in bf16 on a GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     label_shape = (cfg.model.num_classes,) if task == "multilabel" else ()
     records = tqdm(window_records(loader, encoder, device), desc=f"encoding {a.split}", unit="window")
     n = write_feature_cache(records, a.out, tok_shape[0], tok_shape[1], label_shape, label_dtype)
-    videos = len(__import__("json").load(open(a.out + ".videos.json")))
+    videos = len(json.load(open(a.out + ".videos.json")))
     print(f"{n} windows of {videos} videos -> {a.out} (tokens {tuple(tok_shape)} float16)")
     return 0
 
