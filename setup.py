@@ -28,6 +28,7 @@ setup(
         "deepspeed>=0.16",  # ZeRO; CPU accelerator + gloo on machines without a GPU
         "tensorboard>=2.10",
         "matplotlib>=3.7",
+        "submitit>=1.5.4",  # Slurm + local executors (launchers/); 1.5.3 needs pkg_resources
     ],
     extras_require={
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.

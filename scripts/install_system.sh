@@ -2,8 +2,9 @@
 # Debian packages s5video needs. Idempotent: installs only what is missing; needs root (or sudo).
 #   ffmpeg  - transcoding in tools/make_shards.py, reference decodes in tests and benchmarks
 #   pkg-config libturbojpeg0-dev libopencv-dev - to build ffcv 1.0.2 (frozen-feature cache)
+#   slurm-wlm slurm-client munge - the two-node Slurm cluster the launcher tests start (tests/slurm_cluster.py)
 set -euo pipefail
-PKGS=(ffmpeg pkg-config libturbojpeg0-dev libopencv-dev)
+PKGS=(ffmpeg pkg-config libturbojpeg0-dev libopencv-dev slurm-wlm slurm-client munge)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

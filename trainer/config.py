@@ -129,14 +129,16 @@ class LaunchConfig:
     """Slurm defaults for ``launchers/submit.py`` (CLI flags override)."""
 
     nodes: int = 1
-    gpus_per_node: int = 8
+    gpus_per_node: int = 8  # GPUs requested per node (0 on CPU-only clusters)
+    tasks_per_node: int = 0  # trainer processes per node; 0 = one per GPU (1 if gpus_per_node is 0)
     cpus_per_task: int = 10
     partition: str | None = None
     time_min: int = 4320
     account: str | None = None
     qos: str | None = None
-    max_requeues: int = 3
-    finetunes: list[str] = field(default_factory=list)
+    max_requeues: int = 3  # preemption/time-limit requeues of one job before it fails
+    finetunes: list[str] = field(default_factory=list)  # tasks `submit.py pipeline` runs after pretraining
+    init_from_pretrain: bool = True  # in a pipeline, finetune from the pretraining run (False: baselines)
 
 
 @dataclass

@@ -27,12 +27,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+def make_trainer(config: str, overrides: list[str]):
+    """A :class:`trainer.run.Trainer` for ``config`` + ``overrides`` (raises ConfigError first)."""
+    cfg = load_config(config, overrides)
     from trainer.run import Trainer  # heavy imports after the config is known to be valid
 
-    return Trainer(cfg, args.config).run()
+    return Trainer(cfg, config)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return make_trainer(args.config, args.overrides).run()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ from trainer.config import Config, ConfigError, save_config, to_dict
 from trainer.distributed import init_distributed
 from trainer.logs import MetricsLogger, console_line, plot_curves
 
+# Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
+# preemption/scancel, a user's kill) and SIGUSR2 (Slurm's --signal=USR2@90 before the time limit,
+# submitit's preemption signal; launchers/job.py requeues the job after it).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
 
 class TokenModel(nn.Module):
     """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model."""
@@ -84,7 +89,8 @@ def git_commit() -> str | None:
 class Trainer:
     def __init__(self, cfg: Config, config_path: str | None = None):
         self.cfg, self.config_path = cfg, config_path
-        self.stop = False
+        self.stop_signals: set[int] = set()  # signals received on this rank (SIGTERM, SIGUSR2)
+        self.stopped_by: list[str] = []  # after run(): stop signals seen by any rank, e.g. ["SIGUSR2"]
 
     # ------------------------------------------------------------------ the run, top to bottom
     def run(self) -> int:
@@ -97,8 +103,8 @@ class Trainer:
         bf16_on_cpu = cfg.train.precision == "bf16" and not torch.cuda.is_available()
         if bf16_on_cpu:
             cfg.train.precision = "fp32"  # bf16 on CPU is slow and gains nothing; fp16 DeepSpeed refuses on CPU
-        for s in (signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(s, lambda *_: setattr(self, "stop", True))
+        for s in STOP_SIGNALS:  # save a checkpoint at the next step boundary, then exit 0
+            signal.signal(s, lambda signum, _frame: self.stop_signals.add(signum))
         torch.manual_seed(cfg.run.seed + self.rank)
         run_dir = Path(cfg.run.dir)
         if self.rank == 0:
@@ -176,9 +182,10 @@ class Trainer:
                 window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
             if cfg.run.mode == "finetune" and step % cfg.train.eval_every_steps == 0 and step < cfg.train.max_steps:
                 best = self.validate(step, best)
-            if self.sync_flag(self.stop):
+            self.stopped_by = self.sync_stop_signals()
+            if self.stopped_by:
                 self.save(step, nonfinite, best)
-                self.print(f"stop signal: checkpoint saved at step {step}; exiting")
+                self.print(f"stop signal ({', '.join(self.stopped_by)}): checkpoint saved at step {step}; exiting")
                 bar.close()
                 return self.shutdown(0)
             if step % cfg.checkpoint.every_steps == 0 and step < cfg.train.max_steps:
@@ -265,11 +272,12 @@ class Trainer:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item())
 
-    def sync_flag(self, flag: bool) -> bool:
-        t = torch.tensor([float(flag)], device=self.device)
+    def sync_stop_signals(self) -> list[str]:
+        """Names of the stop signals received by any rank (every rank gets the same list)."""
+        t = torch.tensor([float(s in self.stop_signals) for s in STOP_SIGNALS], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return [s.name for s, hit in zip(STOP_SIGNALS, t.tolist()) if hit]
 
     def log_train(self, step: int, w: dict) -> None:
         dt = max(1e-9, time.perf_counter() - w["t0"])

@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""Submit s5video training stages to Slurm (or run them here) through submitit.
+
+    python launchers/submit.py [--nodes N] [--gpus-per-node G] [--partition P] [--time MIN]
+        [--account A] [--qos Q] [--local] [--dry-run] [--wait]
+        STAGE [--config FILE] [TASK ...] [section.key=value | STAGE:section.key=value ...]
+
+STAGE is ``pretrain`` (LSMCL, default config ``configs/k600_pretrain.yaml``), ``finetune TASK...``
+(coin, breakfast, charades, lvu_<task>, demo, ... or a config path) or ``pipeline``: pretraining,
+then the finetunes of its config's ``launch.finetunes`` (or the TASKs given) as dependent jobs
+(Slurm ``afterok``), each with ``run.init_from`` set to the pretraining run unless its config says
+``launch.init_from_pretrain: false`` (the from-scratch baselines).
+
+Resources come from each stage config's ``launch:`` section; the flags override them for every
+stage. ``section.key=value`` overrides apply to every stage, ``NAME:section.key=value`` to one
+(``pretrain:train.max_steps=10``, ``demo:train.max_steps=5``).
+
+``--local`` runs the same stages one after the other on this machine with submitit's
+LocalExecutor (``nodes x tasks_per_node`` processes), printing rank 0's output as it comes.
+``--dry-run`` prints the jobs, resources, dependencies, sbatch headers and commands and submits
+nothing. ``--wait`` (Slurm) follows the jobs to the end; without it the job ids are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "launchers"):
+    sys.path[0] = _REPO  # `python launchers/submit.py`: import the packages
+
+from launchers.job import TrainJob  # noqa: E402
+from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
+from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
+
+DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+             "DEADLINE", "PREEMPTED"}
+
+
+class LaunchError(RuntimeError):
+    """A stage could not be planned, submitted or did not finish."""
+
+
+@dataclass
+class Stage:
+    """One job: a config + overrides with its resources; ``after`` names the stage it waits for."""
+
+    name: str
+    config: str
+    overrides: list[str]
+    launch: LaunchConfig
+    run_dir: str
+    mode: str
+    after: str | None = None
+    job: object = field(default=None, repr=False)
+
+    @property
+    def tasks_per_node(self) -> int:
+        """Trainer processes per node: ``launch.tasks_per_node``, else one per GPU (at least 1)."""
+        return self.launch.tasks_per_node or max(1, self.launch.gpus_per_node)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nodes * self.tasks_per_node
+
+
+# ----------------------------------------------------------------------------- planning
+
+_FLAG_TO_LAUNCH = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node",
+                   "cpus_per_task": "cpus_per_task", "partition": "partition", "time": "time_min",
+                   "account": "account", "qos": "qos", "max_requeues": "max_requeues"}
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """``items`` -> (task names, overrides for every stage, {stage name: its own overrides})."""
+    tasks, common, scoped = [], [], {}
+    for it in items:
+        if "=" not in it:
+            tasks.append(it)
+            continue
+        key = it.split("=", 1)[0]
+        if ":" in key:
+            stage, rest = it.split(":", 1)
+            scoped.setdefault(stage, []).append(rest)
+        else:
+            common.append(it)
+    return tasks, common, scoped
+
+
+def make_stage(name: str, config: str, overrides: list[str], flags: dict) -> Stage:
+    """Load and validate ``config`` + ``overrides`` (ConfigError names the key) -> Stage."""
+    cfg = load_config(config, overrides)
+    launch = dataclasses.replace(cfg.launch, **{_FLAG_TO_LAUNCH[k]: v for k, v in flags.items() if v is not None})
+    if launch.nodes < 1 or launch.gpus_per_node < 0 or launch.tasks_per_node < 0:
+        raise ConfigError(f"{name}: launch.nodes must be >= 1 and gpus/tasks per node >= 0, got {launch}")
+    return Stage(name, config, list(overrides), launch, cfg.run.dir, cfg.run.mode)
+
+
+def plan(args) -> list[Stage]:
+    """The stages of ``args.stage`` with their overrides, resources and dependencies."""
+    tasks, common, scoped = split_overrides(args.items)
+    flags = {k: getattr(args, k, None) for k in _FLAG_TO_LAUNCH}
+    stages: list[Stage] = []
+    if args.stage in ("pretrain", "pipeline"):
+        config = args.config or DEFAULT_PRETRAIN
+        pre = make_stage("pretrain", config, common + scoped.pop("pretrain", []), flags)
+        if pre.mode != "pretrain":
+            raise ConfigError(f"{config}: run.mode is {pre.mode!r}; the pretrain stage needs run.mode=pretrain")
+        stages.append(pre)
+        if args.stage == "pretrain" and tasks:
+            raise LaunchError(f"pretrain takes no tasks, got {tasks} (did you mean pipeline?)")
+        if args.stage == "pipeline":
+            tasks = tasks or load_config(config, pre.overrides).launch.finetunes
+            if not tasks:
+                raise LaunchError(f"pipeline: no finetune tasks (give TASKs or set launch.finetunes in {config})")
+    else:  # finetune
+        if args.config:
+            tasks = [args.config, *tasks]
+        if not tasks:
+            raise LaunchError(f"finetune needs at least one TASK; known: {', '.join(list_tasks())}")
+    for t in tasks:
+        try:
+            config = task_config(t)
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
+        name = task_name(t)
+        own = common + scoped.pop(name, [])
+        ft = make_stage(name, config, own, flags)
+        if args.stage == "pipeline" and ft.launch.init_from_pretrain:
+            ft = make_stage(name, config, own + [f"run.init_from={stages[0].run_dir}"], flags)
+            ft.after = "pretrain"
+        stages.append(ft)
+    if scoped:
+        raise LaunchError(f"overrides for unknown stages {sorted(scoped)}; stages are {[s.name for s in stages]}")
+    dirs = [s.run_dir for s in stages]
+    if len(set(dirs)) != len(dirs):
+        raise LaunchError(f"two stages share a run.dir: {dirs}; set NAME:run.dir=... for one of them")
+    return stages
+
+
+# ----------------------------------------------------------------------------- executors
+
+def make_executor(stage: Stage, local: bool, dependency: str | None = None):
+    """A submitit executor for ``stage``: LocalExecutor (``local``) or SlurmExecutor."""
+    import submitit
+
+    folder = Path(stage.run_dir) / "submitit"
+    L = stage.launch
+    if local:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(tasks_per_node=stage.world_size, nodes=1, timeout_min=L.time_min,
+                             gpus_per_node=min(stage.world_size, _local_gpus()))
+        return ex
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=L.max_requeues)
+    params = dict(job_name=f"s5video-{stage.name}", nodes=L.nodes, ntasks_per_node=stage.tasks_per_node,
+                  cpus_per_task=L.cpus_per_task, time=L.time_min, partition=L.partition, account=L.account,
+                  qos=L.qos, gpus_per_node=L.gpus_per_node or None, dependency=dependency,
+                  additional_parameters={"requeue": True})  # explicit: clusters may default JobRequeue=0
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def _local_gpus() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def train_job(stage: Stage) -> TrainJob:
+    return TrainJob(stage.config, stage.overrides, os.getcwd(), stage.launch.max_requeues)
+
+
+def trainer_command(stage: Stage) -> str:
+    """The trainer invocation each task runs (what ``deepspeed trainer/main.py`` would run)."""
+    return " ".join(["trainer/main.py", "--config", stage.config, *stage.overrides])
+
+
+def print_plan(stages: list[Stage], local: bool) -> None:
+    """``--dry-run``: every job, its resources, dependency, sbatch header and command."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    print(f"{len(stages)} job(s), {'local (LocalExecutor)' if local else 'Slurm (submitit)'}; nothing submitted")
+    for i, s in enumerate(stages, 1):
+        L = s.launch
+        dep = f"afterok:{s.after.upper()}_JOB_ID" if s.after else "none"  # the id exists once submitted
+        print(f"\n[{i}] {s.name}: {s.mode}, config {s.config}, run dir {s.run_dir}")
+        print(f"    resources: {L.nodes} node(s) x {s.tasks_per_node} task(s) = world size {s.world_size}; "
+              f"{L.gpus_per_node} GPU(s)/node, {L.cpus_per_task} CPU(s)/task, time {L.time_min} min, "
+              f"partition {L.partition or '(default)'}, account {L.account or '-'}, qos {L.qos or '-'}, "
+              f"max requeues {L.max_requeues}")
+        print(f"    depends on: {dep}")
+        print(f"    each task runs: {trainer_command(s)}")
+        if not local:
+            ex = make_executor(s, local=False, dependency=dep if s.after else None)
+            header = _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {ex.folder}",
+                                         folder=ex.folder, **ex.parameters)
+            print("    sbatch script:\n" + "\n".join("      " + line for line in header.splitlines() if line))
+
+
+# ----------------------------------------------------------------------------- running
+
+def _slurm_state(job_id: str) -> tuple[str, str]:
+    """(JobState, Reason) from ``scontrol show job`` - works without accounting (sacct)."""
+    p = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return "GONE", p.stderr.strip()
+    state = re.search(r"\bJobState=(\S+)", p.stdout)
+    reason = re.search(r"\bReason=(\S+)", p.stdout)
+    return (state.group(1) if state else "UNKNOWN"), (reason.group(1) if reason else "")
+
+
+class _Follower:
+    """Copies new output of task 0's stdout/stderr files to ours while a job runs."""
+
+    def __init__(self, job):
+        self.job, self.offsets = job, {}
+
+    def poll(self) -> None:
+        for path, out in ((self.job.paths.stdout, sys.stdout), (self.job.paths.stderr, sys.stderr)):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets.get(path, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            if data:
+                self.offsets[path] = self.offsets.get(path, 0) + len(data)
+                out.write(data.decode(errors="replace"))
+                out.flush()
+
+
+def wait_for(stage: Stage, follow: bool = True, poll_s: float = 2.0, grace_s: float = 60.0) -> dict:
+    """Wait for ``stage.job`` and return its result (rank 0's dict from :class:`TrainJob`).
+
+    Without Slurm accounting submitit only sees state UNKNOWN, so the job's end is read from the
+    result file, or from ``scontrol show job`` when the job ended without one (killed, failed
+    before Python ran, dependency never satisfied).
+
+    Raises:
+        LaunchError: the job failed, was cancelled or can never start; the message has the log tail.
+    """
+    job, follower = stage.job, _Follower(stage.job)
+    ended_at = None
+    while not job.done():
+        if follow:
+            follower.poll()
+        if job.__class__.__name__ == "SlurmJob":
+            state, reason = _slurm_state(job.job_id)
+            if state == "PENDING" and reason == "DependencyNeverSatisfied":
+                subprocess.run(["scancel", job.job_id], timeout=60)
+                raise LaunchError(f"{stage.name} (job {job.job_id}): its dependency {stage.after} failed; cancelled")
+            if state in _TERMINAL or state == "GONE":
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > grace_s:
+                    raise LaunchError(f"{stage.name} (job {job.job_id}) ended {state} without a result; "
+                                      f"log tail:\n{_tail(job.paths.stderr)}")
+            else:
+                ended_at = None
+        time.sleep(poll_s)
+    if follow:
+        follower.poll()
+    try:
+        return job.results()[0]  # rank 0
+    except Exception as e:  # submitit re-raises the task's exception with its traceback
+        raise LaunchError(f"{stage.name} (job {job.job_id}) failed: {e}") from None
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-n:]
+    except FileNotFoundError:
+        return f"({path} missing)"
+
+
+def run(stages: list[Stage], local: bool, wait: bool) -> list[dict]:
+    """Submit (Slurm, dependencies as afterok) or run (local, in order) ``stages``.
+
+    Returns the results of the stages waited for; writes ``<first run dir>/../jobs.json``-style
+    records to each stage's ``submitit/`` folder as ``job.json``.
+    """
+    results = []
+    by_name = {}
+    for s in stages:
+        dependency = None
+        if s.after and not local:
+            dependency = f"afterok:{by_name[s.after].job.job_id}"
+        ex = make_executor(s, local, dependency)
+        s.job = ex.submit(train_job(s))
+        by_name[s.name] = s
+        record = {"stage": s.name, "job_id": s.job.job_id, "config": s.config, "overrides": s.overrides,
+                  "run_dir": s.run_dir, "world_size": s.world_size, "after": s.after, "dependency": dependency,
+                  "stdout": str(s.job.paths.stdout), "stderr": str(s.job.paths.stderr)}
+        Path(ex.folder, "job.json").write_text(json.dumps(record, indent=1))
+        print(f"submitted {s.name}: job {s.job.job_id} ({s.world_size} ranks"
+              f"{', after ' + dependency if dependency else ''}); logs {s.job.paths.stdout}", flush=True)
+        if local:  # one stage at a time on this machine, output as it comes
+            results.append(wait_for(s))
+            print(f"finished {s.name}: {s.run_dir}", flush=True)
+    if wait and not local:
+        for s in stages:
+            results.append(wait_for(s, follow=len(stages) == 1))
+            print(f"finished {s.name}: {s.run_dir}", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--nodes", type=int, help="nodes per job (default: launch.nodes)")
+    common.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, help="GPUs per node (0: CPU nodes)")
+    common.add_argument("--tasks-per-node", dest="tasks_per_node", type=int,
+                        help="trainer processes per node (default: one per GPU)")
+    common.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
+    common.add_argument("--partition")
+    common.add_argument("--time", type=int, help="time limit per job, minutes")
+    common.add_argument("--account")
+    common.add_argument("--qos")
+    common.add_argument("--max-requeues", dest="max_requeues", type=int)
+    common.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor")
+    common.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the plan, submit nothing")
+    common.add_argument("--wait", action="store_true", help="Slurm: wait for every job and report")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[common],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_ in (("pretrain", "LSMCL pretraining"), ("finetune", "finetune TASK..."),
+                        ("pipeline", "pretrain, then dependent finetunes")):
+        sp = sub.add_parser(name, parents=[common], help=help_)
+        sp.add_argument("--config", default=None, help="config file (pretrain default: " + DEFAULT_PRETRAIN + ")")
+        sp.add_argument("items", nargs="*", metavar="TASK|key=value")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("local", "dry_run", "wait"):
+        setattr(args, flag, getattr(args, flag, False))
+    try:
+        stages = plan(args)
+        if args.dry_run:
+            print_plan(stages, args.local)
+            return 0
+        results = run(stages, args.local, args.wait)
+    except (ConfigError, LaunchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        if r and r.get("results"):
+            print(json.dumps({"run_dir": r["run_dir"], **r["results"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
