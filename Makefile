@@ -31,15 +31,13 @@ test: install
 shards-demo: install
 	$(PY) tools/make_shards.py demo --out $(DEMO_SHARDS)
 
-# The main job on real footage: LSMCL pretraining of S5 over frozen EfficientNet-Lite0 (2 ranks,
-# DeepSpeed on CPU or GPU), then finetuning from it and a test evaluation of the model selected
-# on val. (The Slurm/submitit launcher and the baselines summary come with their issues.)
-DS := $(VENV)/bin/deepspeed --num_gpus 2
+# The main job on real footage, through the same launcher as a Slurm cluster (submitit's local
+# executor here): LSMCL pretraining of S5 over frozen EfficientNet-Lite0 (2 DeepSpeed ranks), then
+# three finetunes - S5 from the pretraining, S5 from scratch, plain ViS4mer from scratch - each
+# tested once on the model selected on val; prints a table, writes runs/demo/summary.json + plots.
 demo: shards-demo
-	$(DS) trainer/main.py --config configs/demo_pretrain.yaml data.shards=$(DEMO_SHARDS) checkpoint.resume=none
-	$(DS) trainer/main.py --config configs/demo_finetune.yaml data.shards=$(DEMO_SHARDS) \
-		run.init_from=runs/demo/pretrain checkpoint.resume=none
-	@cat runs/demo/finetune/results.json
+	rm -rf runs/demo
+	$(PY) launchers/submit.py --local pipeline --config configs/demo_pretrain.yaml data.shards=$(DEMO_SHARDS)
 
 bench: install
 	$(PY) benchmarks/make_shards.py

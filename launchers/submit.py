@@ -355,9 +355,13 @@ def main(argv=None) -> int:
     except (ConfigError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for r in results:
-        if r and r.get("results"):
-            print(json.dumps({"run_dir": r["run_dir"], **r["results"]}))
+    if results and len(results) == len(stages):  # every stage finished: summary.json + table
+        from launchers import summary
+        out = os.path.commonpath([os.path.abspath(os.path.dirname(s.run_dir.rstrip("/"))) for s in stages])
+        summ = summary.summarize({s.name: s.run_dir for s in stages})
+        path = summary.write(summ, out)
+        print("\n" + summary.table(summ))
+        print(f"\nsummary: {os.path.relpath(path)} (plots: curves.png, confusion_<stage>.png next to it)")
     return 0
 
 

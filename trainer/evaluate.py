@@ -45,8 +45,26 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, task: str, num_c
     return {"mse": tmf.mean_squared_error(scores.reshape(-1), labels.float().reshape(-1)).item()}
 
 
+def per_video_predictions(video_ids: list[str], scores: torch.Tensor, labels: torch.Tensor, task: str) -> list[dict]:
+    """One row per video: id, label and prediction (classification: argmax of the summed scores)."""
+    order = list(dict.fromkeys(video_ids))  # aggregate_per_video's video order
+    rows = []
+    for v, s, y in zip(order, scores, labels):
+        if task == "classification":
+            rows.append({"video_id": v, "label": int(y), "pred": int(s.argmax()), "score": float(s.max() / s.sum())})
+        else:
+            rows.append({"video_id": v, "label": y.tolist(), "pred": s.tolist()})
+    return rows
+
+
 @torch.no_grad()
-def evaluate_split(trainer, split: str) -> dict:
+def evaluate_split(trainer, split: str, details: bool = False):
+    """Metrics of the model on ``split`` (every video once, aggregated over its clips), on every rank.
+
+    Returns ``metrics`` (loss, top1/top5 | mAP | mse, videos), or with ``details`` the pair
+    ``(metrics, {"predictions": per-video rows, "confusion": (C, C) counts, rows = true class})``
+    (confusion only for classification).
+    """
     cfg = trainer.cfg
     d = cfg.data
     mode = "windows" if d.eval_clip == "windows" else "val"
@@ -84,7 +102,7 @@ def evaluate_split(trainer, split: str) -> dict:
         dist.all_gather_object(parts, local)
     ids = [v for p in parts for v in p[0]]
     if not ids:
-        return {}
+        return ({}, {}) if details else {}
     out = torch.cat([p[1] for p in parts if p[1] is not None])
     lab = torch.cat([p[2] for p in parts if p[2] is not None])
     from models.heads import task_loss
@@ -92,4 +110,11 @@ def evaluate_split(trainer, split: str) -> dict:
     scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
     metrics.update(compute_metrics(scores, vlabels, cfg.model.task, trainer.num_classes))
     metrics["videos"] = len(vlabels)
-    return metrics
+    if not details:
+        return metrics
+    extra = {"predictions": per_video_predictions(ids, scores, vlabels, cfg.model.task)}
+    if cfg.model.task == "classification":
+        import torchmetrics.functional as tmf
+        extra["confusion"] = tmf.confusion_matrix(scores, vlabels, task="multiclass",
+                                                  num_classes=trainer.num_classes).tolist()
+    return metrics, extra

@@ -73,3 +73,26 @@ def plot_curves(run_dir: str) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], out: str | Path, title: str = "") -> Path:
+    """PNG of a (C, C) confusion matrix: rows = true class, columns = predicted, counts in cells."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = len(matrix)
+    names = list(classes) if len(classes) == c else [str(i) for i in range(c)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * c, 0.8 + 0.6 * c))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")
+    ax.set_xticks(range(c), names, rotation=45, ha="right")
+    ax.set_yticks(range(c), names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -26,7 +26,7 @@ from models.ssm import ssm_param_groups
 from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from trainer.config import Config, ConfigError, save_config, to_dict
 from trainer.distributed import init_distributed
-from trainer.logs import MetricsLogger, console_line, plot_curves
+from trainer.logs import MetricsLogger, console_line, plot_confusion, plot_curves
 
 # Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
 # preemption/scancel, a user's kill) and SIGUSR2 (Slurm's --signal=USR2@90 before the time limit,
@@ -296,9 +296,9 @@ class Trainer:
                         self.cfg.checkpoint.keep_last)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str, details: bool = False):
         from trainer.evaluate import evaluate_split
-        return evaluate_split(self, split)
+        return evaluate_split(self, split, details)
 
     def validate(self, step: int, best):
         """Evaluate on the validation split; keep the weights of the best one (selection on val only)."""
@@ -320,9 +320,13 @@ class Trainer:
                 best = self.validate(step, best)
                 self.engine.load_checkpoint(str(Path(cfg.run.dir) / "best"), tag="state", load_optimizer_states=False,
                                             load_lr_scheduler_states=False)
-            test = self.evaluate(cfg.data.test_split)  # once, for the model selected on val
+            test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
-            results.update(selected=best, test=test, val=(best or {}).get("val"))
+            results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.loader.shards.classes,
+                           test_confusion=details.get("confusion"))
+            if self.rank == 0:
+                with open(Path(cfg.run.dir) / f"predictions_{cfg.data.test_split}.jsonl", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in details.get("predictions", []))
             self.print(f"{cfg.data.test_split} (model selected on {cfg.data.val_split} at step "
                        f"{(best or {}).get('step')}): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         if self.rank == 0:
@@ -333,6 +337,10 @@ class Trainer:
             with open(Path(cfg.run.dir) / "results.json", "w") as f:
                 json.dump(results, f, indent=1)
             plot_curves(cfg.run.dir)
+            if results.get("test_confusion"):
+                plot_confusion(results["test_confusion"], results["classes"],
+                               Path(cfg.run.dir) / f"confusion_{cfg.data.test_split}.png",
+                               f"{cfg.model.name}, {cfg.data.test_split} (top-1 {results['test'].get('top1', 0):.2f})")
         return self.shutdown(0)
 
     # ------------------------------------------------------------------ housekeeping
