@@ -16,11 +16,14 @@ reader is ever left without data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
 
 import braceexpand
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +53,12 @@ def resolve_shards(source: str, split: str, num_samples: int | None = None) -> S
         sp = splits[split]
         urls = [os.path.join(source, s) for s in sp["shards"]]
         counts = sp.get("shard_samples")
+        if counts is not None and 0 in counts:  # an empty shard would leave its reader without data
+            empty = [os.path.basename(u) for u, n in zip(urls, counts) if n == 0]
+            log.warning("data.shards: skipping %d empty shard(s) of split %r: %s", len(empty), split, ", ".join(empty))
+            urls, counts = [u for u, n in zip(urls, counts) if n], [n for n in counts if n]
+        if not urls or int(sp["num_samples"]) == 0:
+            raise ValueError(f"split {split!r} of {mpath} has no samples; re-run make_shards.py or pick another split")
         return ShardSet(urls, counts, int(sp["num_samples"]), manifest.get("classes", []), manifest)
     urls = []
     for part in source.split("::"):

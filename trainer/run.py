@@ -314,7 +314,9 @@ class Trainer:
 
     def finish(self, step: int, best, evaluate_only: bool = False) -> int:
         cfg = self.cfg
-        results = {"steps": step, "mode": cfg.run.mode}
+        results = {"steps": step, "mode": cfg.run.mode, "bad_samples_skipped": self.count_bad_samples()}
+        if results["bad_samples_skipped"]:
+            self.print(f"data: {results['bad_samples_skipped']} bad training samples were skipped (keys in the log)")
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
                 best = self.validate(step, best)
@@ -342,6 +344,14 @@ class Trainer:
                                Path(cfg.run.dir) / f"confusion_{cfg.data.test_split}.png",
                                f"{cfg.model.name}, {cfg.data.test_split} (top-1 {results['test'].get('top1', 0):.2f})")
         return self.shutdown(0)
+
+    def count_bad_samples(self) -> int:
+        """Undecodable training samples skipped by all ranks so far (the loaders' counts, summed)."""
+        n = torch.tensor([float(self.loader.bad_samples()) if hasattr(self.loader, "bad_samples") else 0.0],
+                         device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(n, op=dist.ReduceOp.SUM)
+        return int(n.item())
 
     # ------------------------------------------------------------------ housekeeping
     def write_run_info(self, info) -> None:

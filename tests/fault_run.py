@@ -1,0 +1,47 @@
+"""The trainer with one injected fault, for tests/test_reliability.py (run it under torchrun):
+
+    python tests/fault_run.py FAULT --config FILE [section.key=value ...]
+
+FAULT is ``nan@STEP:RANK`` (the loss of 0-based step STEP on rank RANK becomes NaN) or
+``crash-in-save@STEP`` (every rank dies with exit code 17 in the middle of writing the checkpoint of
+step STEP: after DeepSpeed wrote the engine state, before the rank files and meta.json).
+The faults are monkeypatches of this process only; the trainer code is unchanged.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import trainer.checkpoint  # noqa: E402
+from trainer import run  # noqa: E402
+from trainer.main import main  # noqa: E402
+
+fault, argv = sys.argv[1], sys.argv[2:]
+kind, at = fault.split("@")
+if kind == "nan":
+    nan_step, nan_rank = map(int, at.split(":"))
+    forward_loss = run.Trainer.forward_loss
+
+    def poisoned(self, batch, step):
+        loss = forward_loss(self, batch, step)
+        return loss * float("nan") if (step, self.rank) == (nan_step, nan_rank) else loss
+
+    run.Trainer.forward_loss = poisoned
+elif kind == "crash-in-save":
+    marker = f".tmp-step{int(at):08d}"
+    save = torch.save
+
+    def crashing_save(obj, f, *a, **kw):
+        if marker in str(f) and os.path.basename(str(f)).startswith("rank"):
+            print(f"fault: crashing while writing {f}", flush=True)
+            os._exit(17)
+        return save(obj, f, *a, **kw)
+
+    trainer.checkpoint.torch.save = crashing_save  # the same torch module object: patches torch.save
+else:
+    raise SystemExit(f"unknown fault {fault!r}")
+sys.exit(main(argv))

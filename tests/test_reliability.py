@@ -1,0 +1,140 @@
+"""Reliability suite on the demo shards: every fault ends finished, resumed identically, or with a
+clear error - never a hang, lost samples or a corrupt checkpoint.
+
+Here: corrupt samples + an empty shard; fewer shards than ranks; a crash in the middle of a
+checkpoint write; a NaN injected into the loss on one rank. SIGKILL-then-resume (identical losses)
+and SIGTERM-then-resume are in tests/test_trainer.py; preemption through Slurm is in
+tests/test_launcher.py. Faults are injected by tests/fault_run.py (monkeypatches of that process).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from trainer.checkpoint import complete_checkpoints, resolve_resume
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["run.init_from=null", "model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64",
+        "data.frames=4", "data.batch_size=4", "data.num_workers=1", "logging.every_steps=1",
+        "logging.progress_bar=false", "train.warmup_steps=2", "train.eval_every_steps=1000",
+        "checkpoint.every_steps=1000"]
+
+
+def repack(src: Path, out: Path, layout: dict[str, list[int]], corrupt: set[int] = frozenset()) -> Path:
+    """Copy of the shard directory ``src`` where each split in ``layout`` is re-packed (no re-encode) into
+    shards of the given sizes (0 = an empty shard); train samples at positions in ``corrupt`` get random
+    bytes instead of their video. Other splits are linked unchanged."""
+    m = json.loads((src / "manifest.json").read_text())
+    out.mkdir(parents=True)
+    for split, entry in m["splits"].items():
+        if split not in layout:
+            for s in entry["shards"]:
+                os.symlink(src / s, out / s)
+            continue
+        samples = list(wds.WebDataset([str(src / s) for s in entry["shards"]], shardshuffle=False))
+        assert sum(layout[split]) == len(samples), (split, len(samples))
+        names, pos = [], 0
+        for i, n in enumerate(layout[split]):
+            names.append(f"{split}-{i:06d}.tar")
+            with wds.TarWriter(str(out / names[-1])) as w:
+                for j in range(pos, pos + n):
+                    s = samples[j]
+                    bad = split == "train" and j in corrupt
+                    w.write({"__key__": s["__key__"], "mp4": os.urandom(len(s["mp4"])) if bad else s["mp4"],
+                             "json": s["json"]})
+            pos += n
+        m["splits"][split] = {"shards": names, "shard_samples": layout[split], "num_samples": pos}
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def train(run: Path, shards: Path, *overrides: str, fault: str | None = None, timeout: float = 300):
+    """2 CPU ranks under torchrun (the trainer, or tests/fault_run.py with ``fault``); (returncode, output)."""
+    entry = ["tests/fault_run.py", fault] if fault else ["trainer/main.py"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29700 + os.getpid() % 1000), *entry, "--config", "configs/demo_finetune.yaml", f"run.dir={run}",
+           f"data.shards={shards}", *TINY, *overrides]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"run hung (> {timeout} s)")
+    return p.returncode, out
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def train_keys(shards: Path) -> list[str]:
+    m = json.loads((shards / "manifest.json").read_text())
+    return [s["__key__"] for s in wds.WebDataset([str(shards / s) for s in m["splits"]["train"]["shards"]],
+                                                 shardshuffle=False)]
+
+
+def test_corrupt_samples_and_an_empty_shard(demo_shards, tmp_path):
+    n = len(train_keys(demo_shards))
+    shards = repack(demo_shards, tmp_path / "shards", {"train": [30, 0, n - 30]}, corrupt={1, 5, 40})
+    keys = train_keys(demo_shards)
+    code, out = train(tmp_path / "run", shards, "train.max_steps=8")
+    assert code == 0, out[-4000:]
+    assert "skipping 1 empty shard(s) of split 'train': train-000001.tar" in out
+    for j in (1, 5, 40):  # each corrupt sample reported by key, and skipped
+        assert f"skipping bad sample {keys[j]}" in out, keys[j]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 8 and results["bad_samples_skipped"] >= 3
+    assert f"{results['bad_samples_skipped']} bad training samples were skipped" in out
+
+
+def test_fewer_shards_than_ranks(demo_shards, tmp_path):
+    m = json.loads((demo_shards / "manifest.json").read_text())
+    sizes = {s: [m["splits"][s]["num_samples"]] for s in ("train", "val", "test")}  # one shard each, 2 ranks
+    shards = repack(demo_shards, tmp_path / "shards", sizes)
+    code, out = train(tmp_path / "run", shards, "train.max_steps=6")
+    assert code == 0, out[-4000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    # evaluation saw every val/test video exactly once although one rank had no shard of its own
+    assert results["val"]["videos"] == sizes["val"][0] and results["test"]["videos"] == sizes["test"][0]
+    assert results["steps"] == 6
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    common = ("train.max_steps=10", "checkpoint.every_steps=4", "train.zero_stage=2")
+    code, out = train(run, demo_shards, *common, fault="crash-in-save@8")
+    assert code != 0 and "fault: crashing while writing" in out
+    assert (run / "checkpoints" / ".tmp-step00000008").is_dir()  # the half-written save
+    assert not (run / "checkpoints" / ".tmp-step00000008" / "meta.json").exists()
+    assert [p.name for p in complete_checkpoints(run)] == ["step00000004"]
+    assert resolve_resume("auto", str(run)).name == "step00000004"
+    before = losses(run)  # steps 1..8 of the crashed run
+    code, out = train(run, demo_shards, *common)
+    assert code == 0, out[-4000:]
+    assert "at step 4" in out
+    after = losses(run)
+    for step in range(5, 9):  # resumed identically from the previous checkpoint
+        assert abs(before[step] - after[step]) <= 1e-5, (step, before[step], after[step])
+    assert max(after) == 10
+    assert not (run / "checkpoints" / ".tmp-step00000008").exists()  # cleaned by the next save
+
+
+def test_nan_loss_on_one_rank_skips_the_step_everywhere(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    code, out = train(run, demo_shards, "train.max_steps=6", fault="nan@3:1")
+    assert code == 0, out[-4000:]
+    assert "step 3: non-finite loss, step skipped (1 in a row)" in out
+    steps = losses(run)
+    assert sorted(steps) == list(range(1, 7)) and all(math.isfinite(v) for v in steps.values())
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 6 and math.isfinite(results["test"]["loss"])
