@@ -1,16 +1,14 @@
 """s5video streaming data: shards -> decoded clips -> batches (CPU or DALI backends)."""
 from __future__ import annotations
 
-import json
-import os
-
 from data.clips import ClipSpec
 
 
 def choose_backend(backend: str, source: str) -> str:
-    """Resolve ``data.backend``: ``auto`` = ``dali-mixed`` on a GPU (DALI installed), ``dali-cpu``
-    when the shards are VP9 (DALI's CPU decoder cannot decode H.264), otherwise ``cpu``.
-    Returns one of ``cpu``, ``dali-cpu``, ``dali-mixed``."""
+    """Resolve ``data.backend``: ``auto`` = ``dali-mixed`` on a GPU (DALI installed), otherwise ``cpu``
+    (on CPU the PyAV stream is faster than DALI's CPU decoder - docs/benchmarks.md - and it skips
+    undecodable samples, which a DALI batch cannot). ``dali`` without a GPU = ``dali-cpu`` (VP9 shards
+    only: DALI's CPU decoder cannot decode H.264). Returns one of ``cpu``, ``dali-cpu``, ``dali-mixed``."""
     import torch
 
     from data.dali import dali_available
@@ -23,12 +21,7 @@ def choose_backend(backend: str, source: str) -> str:
         return "dali-mixed" if torch.cuda.is_available() else "dali-cpu"
     if backend != "auto":
         raise ValueError(f"data.backend: {backend!r} not allowed; allowed values: 'auto', 'dali', 'cpu', 'features'")
-    if not dali_available() or not os.path.isdir(source):
-        return "cpu"
-    if torch.cuda.is_available():
-        return "dali-mixed"
-    codec = json.load(open(os.path.join(source, "manifest.json"))).get("encode", {}).get("codec")
-    return "dali-cpu" if codec == "vp9" else "cpu"
+    return "dali-mixed" if dali_available() and torch.cuda.is_available() else "cpu"
 
 
 def build_loader(backend: str, source: str, split: str, spec: ClipSpec, **kw):

@@ -107,7 +107,15 @@ class DaliVideoLoader:
 
     def _run(self):
         self.runs += 1
-        return self.pipe.run()
+        try:
+            return self.pipe.run()
+        except RuntimeError as e:  # DALI fails the whole batch; it cannot skip one sample inside it
+            raise RuntimeError(
+                f"DALI could not read/decode a batch of split shards {self.shards.urls[:3]}"
+                f"{' ...' if len(self.shards.urls) > 3 else ''} (rank {self.rank}, epoch {self.epoch}): "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. A corrupt sample stops a DALI "
+                "pipeline; data.backend=cpu skips and reports such samples, and re-running "
+                "tools/make_shards.py on the sources validates every sample.") from e
 
     def _samples(self, frames_tl, meta_tl) -> list[dict]:
         from nvidia.dali.backend import TensorListGPU  # noqa: PLC0415

@@ -108,9 +108,12 @@ class VideoLoader:
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self.finite = finite
         self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
+        # Workers' base seed from the loader's own generator: the global torch RNG (dropout, Gumbel noise,
+        # saved in checkpoints) is not advanced by starting a loader, so a resumed run draws the same noise.
         self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
                                      persistent_workers=num_workers > 0 and not finite, drop_last=not finite,
-                                     multiprocessing_context="fork" if num_workers > 0 else None)
+                                     multiprocessing_context="fork" if num_workers > 0 else None,
+                                     generator=torch.Generator().manual_seed(seed + 7919 * rank))
         self.epoch, self.step = 0, 0
         self._it = None
 

@@ -2,7 +2,7 @@
 
     python tests/fault_run.py FAULT --config FILE [section.key=value ...]
 
-FAULT is ``nan@STEP:RANK`` (the loss of 0-based step STEP on rank RANK becomes NaN) or
+FAULT is ``nan@STEP:RANK`` (the loss of 0-based step STEP on rank RANK becomes NaN, once) or
 ``crash-in-save@STEP`` (every rank dies with exit code 17 in the middle of writing the checkpoint of
 step STEP: after DeepSpeed wrote the engine state, before the rank files and meta.json).
 The faults are monkeypatches of this process only; the trainer code is unchanged.
@@ -25,10 +25,14 @@ kind, at = fault.split("@")
 if kind == "nan":
     nan_step, nan_rank = map(int, at.split(":"))
     forward_loss = run.Trainer.forward_loss
+    fired = []
 
-    def poisoned(self, batch, step):
+    def poisoned(self, batch, step):  # once: a skipped step keeps its number, the next batch is clean
         loss = forward_loss(self, batch, step)
-        return loss * float("nan") if (step, self.rank) == (nan_step, nan_rank) else loss
+        if (step, self.rank) == (nan_step, nan_rank) and not fired:
+            fired.append(step)
+            return loss * float("nan")
+        return loss
 
     run.Trainer.forward_loss = poisoned
 elif kind == "crash-in-save":

@@ -69,13 +69,16 @@ def test_dali_ranks_yield_equal_batches_over_uneven_shards(demo_shards, tmp_path
 
 
 def test_auto_backend_choice(demo_shards):
-    assert choose_backend("auto", str(demo_shards)) == ("dali-mixed" if torch.cuda.is_available() else "dali-cpu")
+    assert choose_backend("auto", str(demo_shards)) == ("dali-mixed" if torch.cuda.is_available() else "cpu")
+    assert choose_backend("dali", str(demo_shards)) == ("dali-mixed" if torch.cuda.is_available() else "dali-cpu")
     assert choose_backend("cpu", str(demo_shards)) == "cpu"
     with pytest.raises(ValueError, match="allowed values"):
         choose_backend("gpu", str(demo_shards))
-    L = build_loader("auto", str(demo_shards), "val", ClipSpec(mode="val", frames=2, seconds=1.0), batch_size=2,
-                     image_size=32, num_workers=0)
+    spec = ClipSpec(mode="val", frames=2, seconds=1.0)
+    L = build_loader("dali", str(demo_shards), "val", spec, batch_size=2, image_size=32, num_workers=0)
     assert isinstance(L, DaliVideoLoader)
+    L = build_loader("auto", str(demo_shards), "val", spec, batch_size=2, image_size=32, num_workers=0)
+    assert isinstance(L, DaliVideoLoader if torch.cuda.is_available() else VideoLoader)
 
 
 @pytest.mark.gpu
