@@ -17,6 +17,9 @@ a state saved with another world size is refused.
 """
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -82,6 +85,39 @@ class SampleMaker:
         return outs
 
 
+_CLOSING = None  # shared flag (fork-inherited by decode workers): set when this process exits
+
+
+def _mark_closing() -> None:
+    if _CLOSING is not None:
+        _CLOSING.value = 1
+
+
+def _stop_signal_flag():
+    """The process-wide 'shutting down' flag, created (and registered with atexit) on first use."""
+    global _CLOSING
+    if _CLOSING is None:
+        import atexit
+        import multiprocessing as mp
+        _CLOSING = mp.get_context("fork").Value("b", 0, lock=False)
+        atexit.register(_mark_closing)  # runs before multiprocessing's own exit hook (LIFO), which terminates workers
+    return _CLOSING
+
+
+def _on_stop_signal(signum, frame) -> None:
+    if _CLOSING is not None and _CLOSING.value:  # our process is exiting and terminates its workers
+        os._exit(0)
+    # else: a signal sent to every process (Slurm preemption, scancel --signal, kill -- -PGID); the main
+    # process saves a checkpoint and then shuts the workers down itself
+
+
+def _worker_init(worker_id: int) -> None:
+    """Decode workers survive a broadcast SIGTERM/SIGUSR2 - a worker killed first would crash the
+    main process before it can save - and exit on the one their own loader sends at shutdown."""
+    for s in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(s, _on_stop_signal)
+
+
 class VideoLoader:
     """Batches of one data-parallel rank (see module docstring).
 
@@ -107,13 +143,16 @@ class VideoLoader:
         self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self.finite = finite
+        if num_workers > 0:
+            _stop_signal_flag()
         self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
         # Workers' base seed from the loader's own generator: the global torch RNG (dropout, Gumbel noise,
         # saved in checkpoints) is not advanced by starting a loader, so a resumed run draws the same noise.
         self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
                                      persistent_workers=num_workers > 0 and not finite, drop_last=not finite,
                                      multiprocessing_context="fork" if num_workers > 0 else None,
-                                     generator=torch.Generator().manual_seed(seed + 7919 * rank))
+                                     generator=torch.Generator().manual_seed(seed + 7919 * rank),
+                                     worker_init_fn=_worker_init)
         self.epoch, self.step = 0, 0
         self._it = None
 

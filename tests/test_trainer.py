@@ -91,7 +91,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(demo_shards, tmp_path):
     subprocess.run(["pkill", "-TERM", "-P", str(p.pid)], check=False)  # every rank, as srun does (not the agent)
     out = finish(p, timeout=60)
     assert time.time() - t0 < 30
-    assert "stop signal: checkpoint saved" in out
+    assert "stop signal (SIGTERM): checkpoint saved" in out
     (ckpt,) = list((run / "checkpoints").glob("step*"))
     step = int(ckpt.name[4:])
     out = finish(torchrun(run, demo_shards, "train.max_steps=" + str(step + 3), "checkpoint.every_steps=1000",
