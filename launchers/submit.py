@@ -250,12 +250,14 @@ def wait_for(stage: Stage, follow: bool = True, poll_s: float = 2.0, grace_s: fl
     Raises:
         LaunchError: the job failed, was cancelled or can never start; the message has the log tail.
     """
+    from submitit.slurm.slurm import SlurmJob
+
     job, follower = stage.job, _Follower(stage.job)
     ended_at = None
     while not job.done():
         if follow:
             follower.poll()
-        if job.__class__.__name__ == "SlurmJob":
+        if isinstance(job, SlurmJob):
             state, reason = _slurm_state(job.job_id)
             if state == "PENDING" and reason == "DependencyNeverSatisfied":
                 subprocess.run(["scancel", job.job_id], timeout=60)
@@ -286,8 +288,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 def run(stages: list[Stage], local: bool, wait: bool) -> list[dict]:
     """Submit (Slurm, dependencies as afterok) or run (local, in order) ``stages``.
 
-    Returns the results of the stages waited for; writes ``<first run dir>/../jobs.json``-style
-    records to each stage's ``submitit/`` folder as ``job.json``.
+    Returns the results of the stages waited for (local: all; Slurm: all with ``wait``, else none).
+    Each stage's ``<run.dir>/submitit/job.json`` records its job id, dependency and log paths.
     """
     results = []
     by_name = {}
