@@ -17,7 +17,6 @@ a state saved with another world size is refused.
 """
 from __future__ import annotations
 
-import functools
 import os
 import signal
 
@@ -86,11 +85,7 @@ class SampleMaker:
         return outs
 
 
-# Decode workers start from a forkserver, not by forking the trainer: the trainer has many threads
-# (gloo, TensorBoard writer, tqdm monitor, queue feeders), and a fork taken while one of them holds
-# a lock can leave the child blocked forever (seen here: an evaluation worker stuck inside fork()).
-_PRELOAD = ["torch", "av", "webdataset", "data.cpu", "data.clips"]
-_CLOSING = None  # shared "this process is exiting" flag, passed to every worker
+_CLOSING = None  # shared "this process is exiting" flag, inherited by every decode worker (fork)
 
 
 def _mark_closing() -> None:
@@ -98,17 +93,15 @@ def _mark_closing() -> None:
         _CLOSING.value = 1
 
 
-def _worker_context():
-    """The multiprocessing context of decode workers (forkserver; the flag and atexit hook on first use)."""
+def _stop_signal_flag():
+    """The process-wide 'shutting down' flag, created (and registered with atexit) on first use."""
     global _CLOSING
-    import multiprocessing as mp
-    ctx = mp.get_context("forkserver")
     if _CLOSING is None:
         import atexit
-        ctx.set_forkserver_preload(_PRELOAD)  # the server imports these once; workers start warm
-        _CLOSING = ctx.Value("b", 0, lock=False)
+        import multiprocessing as mp
+        _CLOSING = mp.get_context("fork").Value("b", 0, lock=False)
         atexit.register(_mark_closing)  # runs before multiprocessing's exit hook (LIFO), which terminates workers
-    return ctx
+    return _CLOSING
 
 
 def _on_stop_signal(signum, frame) -> None:
@@ -118,11 +111,9 @@ def _on_stop_signal(signum, frame) -> None:
     # process saves a checkpoint and then shuts the workers down itself
 
 
-def _worker_init(closing, worker_id: int) -> None:
+def _worker_init(worker_id: int) -> None:
     """Decode workers survive a broadcast SIGTERM/SIGUSR2 - a worker killed first would crash the
     main process before it can save - and exit on the one their own loader sends at shutdown."""
-    global _CLOSING
-    _CLOSING = closing
     for s in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(s, _on_stop_signal)
 
@@ -152,15 +143,16 @@ class VideoLoader:
         self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self.finite = finite
-        ctx = _worker_context() if num_workers > 0 else None
+        if num_workers > 0:
+            _stop_signal_flag()
         self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
         # Workers' base seed from the loader's own generator: the global torch RNG (dropout, Gumbel noise,
         # saved in checkpoints) is not advanced by starting a loader, so a resumed run draws the same noise.
         self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
                                      persistent_workers=num_workers > 0 and not finite, drop_last=not finite,
-                                     multiprocessing_context=ctx,
+                                     multiprocessing_context="fork" if num_workers > 0 else None,
                                      generator=torch.Generator().manual_seed(seed + 7919 * rank),
-                                     worker_init_fn=functools.partial(_worker_init, _CLOSING) if ctx else None)
+                                     worker_init_fn=_worker_init)
         self.epoch, self.step = 0, 0
         self._it = None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 
@@ -63,7 +64,16 @@ class TrainJob:
         if trainer.stopped_by:  # a checkpoint was saved: requeue (rank 0) or fail
             print(f"[launcher] stopped by {', '.join(trainer.stopped_by)}", flush=True)
             if callable(requeue_handler):
-                requeue_handler(job_env._usr_sig(), None)  # rank 0: checkpoint() + requeue + exit
+                try:
+                    requeue_handler(job_env._usr_sig(), None)  # rank 0: checkpoint() + requeue + exit
+                except subprocess.CalledProcessError as e:
+                    if e.returncode >= 0:
+                        raise
+                    # `scontrol requeue` was killed by the requeue it asked for (Slurm signals every
+                    # process of the job, this one included): the job is requeued; leave no result
+                    print(f"[launcher] {e.cmd} ended by signal {-e.returncode} while Slurm requeued the job",
+                          flush=True)
+                    raise SystemExit(-1) from None
                 if job_env.global_rank != 0:
                     return {"status": "preempted", "rank": job_env.global_rank}
             raise RequeueLimitReached(f"stopped by {trainer.stopped_by} and not requeued")

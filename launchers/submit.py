@@ -42,6 +42,8 @@ from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
 from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
 
 DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
+_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
              "DEADLINE", "PREEMPTED"}
 
@@ -254,21 +256,26 @@ def wait_for(stage: Stage, follow: bool = True, poll_s: float = 2.0, grace_s: fl
 
     job, follower = stage.job, _Follower(stage.job)
     ended_at = None
-    while not job.done():
+    while True:
         if follow:
             follower.poll()
+        active = False
         if isinstance(job, SlurmJob):
             state, reason = _slurm_state(job.job_id)
             if state == "PENDING" and reason == "DependencyNeverSatisfied":
                 subprocess.run(["scancel", job.job_id], timeout=60)
                 raise LaunchError(f"{stage.name} (job {job.job_id}): its dependency {stage.after} failed; cancelled")
+            # a requeued job runs again: a result file written before the requeue is not its result
+            active = state in _ACTIVE
             if state in _TERMINAL or state == "GONE":
                 ended_at = ended_at or time.monotonic()
-                if time.monotonic() - ended_at > grace_s:
+                if not job.done() and time.monotonic() - ended_at > grace_s:
                     raise LaunchError(f"{stage.name} (job {job.job_id}) ended {state} without a result; "
                                       f"log tail:\n{_tail(job.paths.stderr)}")
             else:
                 ended_at = None
+        if not active and job.done():
+            break
         time.sleep(poll_s)
     if follow:
         follower.poll()

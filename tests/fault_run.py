@@ -20,32 +20,37 @@ import trainer.checkpoint  # noqa: E402
 from trainer import run  # noqa: E402
 from trainer.main import main  # noqa: E402
 
-fault, argv = sys.argv[1], sys.argv[2:]
-kind, at = fault.split("@")
-if kind == "nan":
-    nan_step, nan_rank = map(int, at.split(":"))
-    forward_loss = run.Trainer.forward_loss
-    fired = []
+def install(fault: str) -> None:
+    """Monkeypatch the trainer of this process with ``fault`` (see the module docstring)."""
+    kind, at = fault.split("@")
+    if kind == "nan":
+        nan_step, nan_rank = map(int, at.split(":"))
+        forward_loss = run.Trainer.forward_loss
+        fired = []
 
-    def poisoned(self, batch, step):  # once: a skipped step keeps its number, the next batch is clean
-        loss = forward_loss(self, batch, step)
-        if (step, self.rank) == (nan_step, nan_rank) and not fired:
-            fired.append(step)
-            return loss * float("nan")
-        return loss
+        def poisoned(self, batch, step):  # once: a skipped step keeps its number, the next batch is clean
+            loss = forward_loss(self, batch, step)
+            if (step, self.rank) == (nan_step, nan_rank) and not fired:
+                fired.append(step)
+                return loss * float("nan")
+            return loss
 
-    run.Trainer.forward_loss = poisoned
-elif kind == "crash-in-save":
-    marker = f".tmp-step{int(at):08d}"
-    save = torch.save
+        run.Trainer.forward_loss = poisoned
+    elif kind == "crash-in-save":
+        marker = f".tmp-step{int(at):08d}"
+        save = torch.save
 
-    def crashing_save(obj, f, *a, **kw):
-        if marker in str(f) and os.path.basename(str(f)).startswith("rank"):
-            print(f"fault: crashing while writing {f}", flush=True)
-            os._exit(17)
-        return save(obj, f, *a, **kw)
+        def crashing_save(obj, f, *a, **kw):
+            if marker in str(f) and os.path.basename(str(f)).startswith("rank"):
+                print(f"fault: crashing while writing {f}", flush=True)
+                os._exit(17)
+            return save(obj, f, *a, **kw)
 
-    trainer.checkpoint.torch.save = crashing_save  # the same torch module object: patches torch.save
-else:
-    raise SystemExit(f"unknown fault {fault!r}")
-sys.exit(main(argv))
+        trainer.checkpoint.torch.save = crashing_save  # the same torch module object: patches torch.save
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":  # guarded: decode workers re-import the main module
+    install(sys.argv[1])
+    sys.exit(main(sys.argv[2:]))

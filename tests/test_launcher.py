@@ -173,8 +173,10 @@ def test_slurm_pipeline_finetune_waits_for_pretrain_and_starts_from_it(slurm, de
     os.chdir(REPO)
     try:
         submit.run(stages, local=False, wait=False)
-        state, reason = submit._slurm_state(stages[1].job.job_id)
-        assert (state, reason) == ("PENDING", "Dependency"), (state, reason)  # Slurm itself holds it
+        show = subprocess.run(["scontrol", "show", "job", "-o", stages[1].job.job_id], capture_output=True,
+                              text=True, check=True).stdout
+        # Slurm itself holds the finetune until the pretraining job has succeeded
+        assert "JobState=PENDING" in show and f"Dependency=afterok:{stages[0].job.job_id}" in show, show
         results = [submit.wait_for(s, follow=False) for s in stages]
     finally:
         os.chdir(cwd)

@@ -72,7 +72,9 @@ def evaluate_split(trainer, split: str, details: bool = False):
                     val_clip=d.eval_clip if d.eval_clip != "windows" else "center")
     loader = build_loader("cpu", d.shards, split, spec, batch_size=d.batch_size, image_size=d.image_size,
                           mean=trainer.encoder.mean, std=trainer.encoder.std, rank=trainer.rank, world=trainer.world,
-                          seed=cfg.run.seed, num_workers=min(1, d.num_workers), task=cfg.model.task,
+                          # decoded in this process: forking a worker per evaluation from the threaded
+                          # trainer once left the child blocked inside fork() (CI, 2026-11-22)
+                          seed=cfg.run.seed, num_workers=0, task=cfg.model.task,
                           num_classes=trainer.num_classes, finite=True)
     engine = trainer.engine
     engine.eval()
