@@ -152,6 +152,10 @@ class DaliVideoLoader:
         self.epoch, self.step = self.epoch + 1, 0
         self._start_epoch()
 
+    def close(self) -> None:
+        """Release the pipeline (its decode threads and buffers); the next epoch would build a new one."""
+        self.pipe = None
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
                 "runs": self.runs, "consumed": self.consumed, "backend": "dali"}

@@ -17,8 +17,13 @@ a state saved with another world size is refused.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import signal
+import sys
+import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -27,6 +32,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
 from data.cpu import ShardStream, decode_video
 from data.sources import resolve_shards
+
+# torchdata 0.11 calls torch.set_vital on every iterator start; torch 2.13 deprecates it (harmless)
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class SampleMaker:
@@ -85,37 +93,34 @@ class SampleMaker:
         return outs
 
 
-_CLOSING = None  # shared "this process is exiting" flag, inherited by every decode worker (fork)
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux ``prctl(PR_SET_PDEATHSIG, sig)``: the kernel sends ``sig`` to this process when its parent
+    thread exits (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-def _mark_closing() -> None:
-    if _CLOSING is not None:
-        _CLOSING.value = 1
+def _close_at_exit(ref) -> None:
+    loader = ref()
+    if loader is not None:
+        loader.close()
 
 
-def _stop_signal_flag():
-    """The process-wide 'shutting down' flag, created (and registered with atexit) on first use."""
-    global _CLOSING
-    if _CLOSING is None:
-        import atexit
-        import multiprocessing as mp
-        _CLOSING = mp.get_context("fork").Value("b", 0, lock=False)
-        atexit.register(_mark_closing)  # runs before multiprocessing's exit hook (LIFO), which terminates workers
-    return _CLOSING
-
-
-def _on_stop_signal(signum, frame) -> None:
-    if _CLOSING is not None and _CLOSING.value:  # our process is exiting and terminates its workers
+def _worker_init(parent_pid: int, worker_id: int) -> None:
+    """Decode-worker setup (``spawn``-started): die with the rank (SIGKILL on parent death, and exit
+    now if the rank already died before the signal was set), and ignore the SIGTERM/SIGUSR2 that Slurm
+    and ``kill -- -PGID`` send to every process - the rank saves a checkpoint on them and then stops
+    its workers itself (:meth:`VideoLoader.close`)."""
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:
         os._exit(0)
-    # else: a signal sent to every process (Slurm preemption, scancel --signal, kill -- -PGID); the main
-    # process saves a checkpoint and then shuts the workers down itself
-
-
-def _worker_init(worker_id: int) -> None:
-    """Decode workers survive a broadcast SIGTERM/SIGUSR2 - a worker killed first would crash the
-    main process before it can save - and exit on the one their own loader sends at shutdown."""
     for s in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(s, _on_stop_signal)
+        signal.signal(s, signal.SIG_IGN)
 
 
 class VideoLoader:
@@ -143,18 +148,20 @@ class VideoLoader:
         self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self.finite = finite
-        if num_workers > 0:
-            _stop_signal_flag()
         self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
         # Workers' base seed from the loader's own generator: the global torch RNG (dropout, Gumbel noise,
         # saved in checkpoints) is not advanced by starting a loader, so a resumed run draws the same noise.
+        # Workers are spawned, never forked: a rank runs threads (gloo, OpenMP, TensorBoard, tqdm) and a
+        # child forked from it inherits whatever locks those threads held at that instant.
         self.dl = StatefulDataLoader(self.stream, batch_size=batch_size, num_workers=num_workers,
                                      persistent_workers=num_workers > 0 and not finite, drop_last=not finite,
-                                     multiprocessing_context="fork" if num_workers > 0 else None,
+                                     multiprocessing_context="spawn" if num_workers > 0 else None,
                                      generator=torch.Generator().manual_seed(seed + 7919 * rank),
-                                     worker_init_fn=_worker_init)
+                                     worker_init_fn=functools.partial(_worker_init, os.getpid()))
         self.epoch, self.step = 0, 0
         self._it = None
+        if num_workers > 0:  # before multiprocessing's own exit hook, which would wait on workers that ignore SIGTERM
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -189,8 +196,25 @@ class VideoLoader:
         self.dl.load_state_dict(state["loader"])
         self._it = None
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the decode workers now (idempotent): the loader's own shutdown (a sentinel to each worker,
+        joined for a few seconds), then SIGKILL for any worker still alive, then join. After this the
+        process has no decode worker left for interpreter exit to wait on."""
+        it = getattr(self.dl, "_iterator", None)
+        workers = list(getattr(it, "_workers", []) or [])
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join(timeout)
+        self.dl._iterator, self._it = None, None
+
     def bad_samples(self) -> int:
-        """Bad samples skipped so far by this rank's workers (as of the last state snapshot)."""
+        """Bad samples skipped so far by this rank's workers (as of the last state snapshot); 0 before
+        the first batch (asking the loader for its state would start its workers)."""
+        if getattr(self.dl, "_iterator", None) is None and self._it is None:
+            return int(self.stream.state_dict().get("bad", 0))
         sd = self.dl.state_dict()
         workers = sd.get("_snapshot", {}).get("_worker_snapshots", {})
         states = [w.get("dataset_state") or {} for w in workers.values()] or [self.stream.state_dict()]

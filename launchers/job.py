@@ -61,7 +61,9 @@ class TrainJob:
               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, requeues so far {self.requeues}",
               flush=True)
         code = trainer.run()
-        if trainer.stopped_by:  # a checkpoint was saved: requeue (rank 0) or fail
+        if trainer.stopped_by and not any(r.startswith("SIG") for r in trainer.stopped_by):
+            raise RuntimeError(f"stopped ({', '.join(trainer.stopped_by)}); a checkpoint was saved")
+        if trainer.stopped_by:  # a signal; a checkpoint was saved: requeue (rank 0) or fail
             print(f"[launcher] stopped by {', '.join(trainer.stopped_by)}", flush=True)
             if callable(requeue_handler):
                 try:

@@ -4,8 +4,9 @@ Ranks come from submitit's ``JobEnvironment`` (SLURM_PROCID / SLURM_LOCALID / SL
 Slurm, SUBMITIT_LOCAL_* for the local executor). MASTER_ADDR is the address Slurm has for the
 job's first node: ``scontrol show hostnames $SLURM_JOB_NODELIST`` gives the node names and
 ``scontrol show node <first>`` its ``NodeAddr`` - node names do not always resolve through DNS
-(in our test cluster ``n1`` and ``n2`` are 127.0.0.1). MASTER_PORT is derived from the job id so
-two jobs sharing a node do not collide and a requeued job gets the same port.
+(in our test cluster ``n1`` and ``n2`` are 127.0.0.1). MASTER_PORT is derived from the job id and
+Slurm's restart count, so two jobs sharing a node do not collide and a requeued job does not reuse
+the port of its killed predecessor (nor the shared-memory names DeepSpeed derives from it).
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import re
 import subprocess
 
 PORT_BASE, PORT_RANGE = 20000, 20000  # MASTER_PORT in [20000, 40000)
+ATTEMPT_STRIDE = 7919  # a prime: attempt k of job j is k * 7919 ports away from attempt 0
 
 
-def master_port(job_id: str) -> int:
-    """A TCP port in [20000, 40000) from the job id (digits of e.g. ``"1234"`` or ``"1234_5"``)."""
+def master_port(job_id: str, attempt: int = 0) -> int:
+    """A TCP port in [20000, 40000) from the job id (digits of e.g. ``"1234"`` or ``"1234_5"``) and the
+    attempt (``SLURM_RESTART_COUNT``: 0 first, +1 per requeue)."""
     digits = re.sub(r"\D", "", str(job_id)) or "0"
-    return PORT_BASE + int(digits) % PORT_RANGE
+    return PORT_BASE + (int(digits) + ATTEMPT_STRIDE * int(attempt)) % PORT_RANGE
 
 
 def _scontrol(*args: str) -> str:
@@ -56,4 +59,4 @@ def distributed_env(job_env) -> dict[str, str]:
         addr = "127.0.0.1"
     return {"RANK": str(job_env.global_rank), "LOCAL_RANK": str(job_env.local_rank),
             "WORLD_SIZE": str(job_env.num_tasks), "MASTER_ADDR": addr,
-            "MASTER_PORT": str(master_port(job_env.job_id))}
+            "MASTER_PORT": str(master_port(job_env.job_id, int(os.environ.get("SLURM_RESTART_COUNT") or 0)))}

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from launchers import summary
 from tests.conftest import run_make_shards
+from tests.helpers import TINY as HELPER_TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64", "data.frames=4",
-        "data.clip_seconds=1.0", "data.batch_size=2", "data.num_workers=1", "logging.every_steps=1",
-        "logging.progress_bar=false", "train.warmup_steps=2", "train.eval_every_steps=3", "checkpoint.every_steps=3"]
+TINY = HELPER_TINY + ["data.clip_seconds=1.0", "data.batch_size=2", "train.eval_every_steps=3",
+                     "checkpoint.every_steps=3"]
 
 
 def test_bring_your_own_csv_finetune_and_evaluate(demo_footage, tmp_path):

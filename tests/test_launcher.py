@@ -18,12 +18,12 @@ import pytest
 
 from launchers import submit
 from launchers.slurm_env import master_port, slurm_master_addr
+from tests.helpers import TINY as HELPER_TINY
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 # A small S5 so that a 2-rank job on 2 shared cores takes seconds per step, not minutes.
-TINY = ["model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64", "data.batch_size=4",
-        "data.num_workers=1", "logging.every_steps=1", "logging.progress_bar=false", "train.warmup_steps=2"]
+TINY = [o for o in HELPER_TINY if not o.startswith(("run.init_from", "data.frames"))]
 SLURM_FLAGS = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1"]
 
 
@@ -92,6 +92,8 @@ def test_master_port_from_job_id():
     assert master_port("1234") == master_port("1234") == 20000 + 1234
     assert 20000 <= master_port("987654321_7") < 40000
     assert master_port("5") != master_port("6")
+    # a requeued attempt gets another port (and so other DeepSpeed shared-memory names)
+    assert master_port("1234", 1) != master_port("1234", 0) and 20000 <= master_port("39999", 3) < 40000
 
 
 # ----------------------------------------------------------------------------- a real Slurm

@@ -2,8 +2,6 @@
 hangs, bad samples skipped, LSMCL long/short clips from one decode, evaluation windows."""
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,33 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
 from data.clips import ClipSpec, plan_clips
 from data.loader import VideoLoader
+from tests.helpers import repack
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def regroup(src: Path, split: str, sizes: list[int], out: Path, corrupt: set[int] = frozenset()) -> Path:
-    """Re-pack the samples of ``split`` into shards of the given sizes (no re-encode); samples whose
-    position is in ``corrupt`` get garbage video bytes."""
-    m = json.loads((src / "manifest.json").read_text())
-    samples = list(wds.WebDataset([str(src / s) for s in m["splits"][split]["shards"]], shardshuffle=False))
-    out.mkdir(parents=True, exist_ok=True)
-    names, pos = [], 0
-    for i, n in enumerate(sizes):
-        name = f"{split}-{i:06d}.tar"
-        with wds.TarWriter(str(out / name)) as w:
-            for j in range(pos, pos + n):
-                s = samples[j]
-                mp4 = os.urandom(len(s["mp4"])) if j in corrupt else s["mp4"]
-                w.write({"__key__": s["__key__"], "mp4": mp4, "json": s["json"]})
-        names.append(name)
-        pos += n
-    m["splits"] = {split: {"shards": names, "shard_samples": sizes, "num_samples": pos}}
-    (out / "manifest.json").write_text(json.dumps(m))
-    return out
+    """Only ``split``, re-packed into shards of the given sizes (tests.helpers.repack)."""
+    return repack(src, out, {split: sizes}, corrupt, only=True)
 
 
 def _loader(shards, **kw) -> VideoLoader:

@@ -10,71 +10,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import webdataset as wds
 
+from tests.helpers import finish, launch, repack, train_losses
 from trainer.checkpoint import complete_checkpoints, resolve_resume
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["run.init_from=null", "model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64",
-        "data.frames=4", "data.batch_size=4", "data.num_workers=1", "logging.every_steps=1",
-        "logging.progress_bar=false", "train.warmup_steps=2", "train.eval_every_steps=1000",
-        "checkpoint.every_steps=1000"]
-
-
-def repack(src: Path, out: Path, layout: dict[str, list[int]], corrupt: set[int] = frozenset()) -> Path:
-    """Copy of the shard directory ``src`` where each split in ``layout`` is re-packed (no re-encode) into
-    shards of the given sizes (0 = an empty shard); train samples at positions in ``corrupt`` get random
-    bytes instead of their video. Other splits are linked unchanged."""
-    m = json.loads((src / "manifest.json").read_text())
-    out.mkdir(parents=True)
-    for split, entry in m["splits"].items():
-        if split not in layout:
-            for s in entry["shards"]:
-                os.symlink(src / s, out / s)
-            continue
-        samples = list(wds.WebDataset([str(src / s) for s in entry["shards"]], shardshuffle=False))
-        assert sum(layout[split]) == len(samples), (split, len(samples))
-        names, pos = [], 0
-        for i, n in enumerate(layout[split]):
-            names.append(f"{split}-{i:06d}.tar")
-            with wds.TarWriter(str(out / names[-1])) as w:
-                for j in range(pos, pos + n):
-                    s = samples[j]
-                    bad = split == "train" and j in corrupt
-                    w.write({"__key__": s["__key__"], "mp4": os.urandom(len(s["mp4"])) if bad else s["mp4"],
-                             "json": s["json"]})
-            pos += n
-        m["splits"][split] = {"shards": names, "shard_samples": layout[split], "num_samples": pos}
-    (out / "manifest.json").write_text(json.dumps(m))
-    return out
+FAST = ["train.eval_every_steps=1000", "checkpoint.every_steps=1000"]
 
 
 def train(run: Path, shards: Path, *overrides: str, fault: str | None = None, timeout: float = 300):
     """2 CPU ranks under torchrun (the trainer, or tests/fault_run.py with ``fault``); (returncode, output)."""
-    entry = ["tests/fault_run.py", fault] if fault else ["trainer/main.py"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29700 + os.getpid() % 1000), *entry, "--config", "configs/demo_finetune.yaml", f"run.dir={run}",
-           f"data.shards={shards}", *TINY, *overrides]
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail(f"run hung (> {timeout} s)")
+    entry = ("tests/fault_run.py", fault) if fault else ("trainer/main.py",)
+    p = launch(run, shards, *FAST, *overrides, entry=entry)
+    out = finish(p, timeout, ok=False, run_dir=run)
     return p.returncode, out
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
 def train_keys(shards: Path) -> list[str]:
@@ -118,11 +69,11 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(demo_shards, tmp_p
     assert not (run / "checkpoints" / ".tmp-step00000008" / "meta.json").exists()
     assert [p.name for p in complete_checkpoints(run)] == ["step00000004"]
     assert resolve_resume("auto", str(run)).name == "step00000004"
-    before = losses(run)  # steps 1..8 of the crashed run
+    before = train_losses(run)  # steps 1..8 of the crashed run
     code, out = train(run, demo_shards, *common)
     assert code == 0, out[-4000:]
     assert "at step 4" in out
-    after = losses(run)
+    after = train_losses(run)
     for step in range(5, 9):  # resumed identically from the previous checkpoint
         assert abs(before[step] - after[step]) <= 1e-5, (step, before[step], after[step])
     assert max(after) == 10
@@ -134,7 +85,7 @@ def test_nan_loss_on_one_rank_skips_the_step_everywhere(demo_shards, tmp_path):
     code, out = train(run, demo_shards, "train.max_steps=6", fault="nan@3:1")
     assert code == 0, out[-4000:]
     assert "step 3: non-finite loss, step skipped (1 in a row)" in out
-    steps = losses(run)
+    steps = train_losses(run)
     assert sorted(steps) == list(range(1, 7)) and all(math.isfinite(v) for v in steps.values())
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 6 and math.isfinite(results["test"]["loss"])

@@ -8,6 +8,11 @@ Layout under ``<run.dir>/checkpoints/``::
         meta.json            step, world size, resolved config - written last
     .tmp-step00000200/       a save in progress (ignored by resume, removed by the next save)
 
+and under ``<run.dir>/best/``: one DeepSpeed tag per model selected on validation
+(``step00000080/``); the tag in use is recorded in each step checkpoint (``meta.json: best_tag``),
+so a crash while writing a new best leaves the recorded one intact. A best tag is removed once no
+complete checkpoint (and not the current run) refers to it.
+
 A crash during a save leaves the previous checkpoint valid. ``keep_last`` complete checkpoints are
 kept. Resuming with a different world size is refused (the loader states are per rank).
 """
@@ -51,8 +56,9 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(engine, run_dir: str, step: int, rank: int, world: int, rank_state: dict, config: dict,
-                    keep_last: int = 3) -> Path:
-    """Collective: every rank calls it. Returns the checkpoint directory."""
+                    keep_last: int = 3, best_tag: str | None = None) -> Path:
+    """Collective: every rank calls it. ``best_tag``: the ``best/`` tag this state refers to (kept
+    as long as this checkpoint is). Returns the checkpoint directory."""
     root = Path(run_dir) / "checkpoints"
     name = f"step{step:08d}"
     tmp, final = root / f".tmp-{name}", root / name
@@ -69,12 +75,56 @@ def save_checkpoint(engine, run_dir: str, step: int, rank: int, world: int, rank
     _barrier()
     if rank == 0:
         with open(tmp / "meta.json", "w") as f:
-            json.dump({"step": step, "world": world, "config": config}, f)
+            json.dump({"step": step, "world": world, "config": config, "best_tag": best_tag}, f)
         os.replace(tmp, final)
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+        prune_best(run_dir, keep={best_tag})
     _barrier()
     return final
+
+
+def best_tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def save_best(engine, run_dir: str, step: int, rank: int, keep: set[str | None]) -> str:
+    """Collective: the engine's weights as the model selected on validation at ``step``; returns its
+    tag in ``<run_dir>/best``. Tags in ``keep`` (the one in use) and those referred to by a complete
+    checkpoint survive; the others are removed."""
+    tag, root = best_tag(step), Path(run_dir) / "best"
+    if rank == 0:
+        shutil.rmtree(root / tag, ignore_errors=True)  # a partial write of this tag by a killed run
+    _barrier()
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    _barrier()
+    if rank == 0:
+        prune_best(run_dir, keep=set(keep) | {tag})
+    _barrier()
+    return tag
+
+
+def load_best(engine, run_dir: str, tag: str, rank: int) -> None:
+    """Collective: load the weights of ``best/<tag>`` (no optimizer state). Under ZeRO-3 DeepSpeed reads
+    the tag from ``best/latest`` whatever it is told, so rank 0 first points that file at ``tag``."""
+    root = Path(run_dir) / "best"
+    if rank == 0:
+        tmp = root / ".latest.tmp"
+        tmp.write_text(tag)
+        os.replace(tmp, root / "latest")
+    _barrier()
+    engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=False, load_lr_scheduler_states=False)
+
+
+def prune_best(run_dir: str, keep: set[str | None]) -> None:
+    """Remove ``best/`` tags that neither ``keep`` nor a complete checkpoint's ``best_tag`` names (rank 0)."""
+    root = Path(run_dir) / "best"
+    if not root.is_dir():
+        return
+    used = set(keep) | {json.loads((c / "meta.json").read_text()).get("best_tag") for c in complete_checkpoints(run_dir)}
+    for d in root.iterdir():
+        if d.is_dir() and d.name not in used:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def resolve_resume(resume: str, run_dir: str) -> Path | None:

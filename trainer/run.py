@@ -23,15 +23,24 @@ from models.encoders import create_encoder
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
-from trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from trainer.checkpoint import load_best, load_checkpoint, resolve_resume, save_best, save_checkpoint
 from trainer.config import Config, ConfigError, save_config, to_dict
 from trainer.distributed import init_distributed
+from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
 from trainer.logs import MetricsLogger, console_line, plot_confusion, plot_curves
 
 # Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
 # preemption/scancel, a user's kill) and SIGUSR2 (Slurm's --signal=USR2@90 before the time limit,
 # submitit's preemption signal; launchers/job.py requeues the job after it).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# Every reason to stop early, as synced across ranks: the signals' names, and the launcher's exit
+# (trainer.lifecycle.LauncherWatch).
+LAUNCHER_EXITED = "launcher exited"
+STOP_REASONS = tuple(s.name for s in STOP_SIGNALS) + (LAUNCHER_EXITED,)
+# Seconds a rank may take to exit once its results (or stop checkpoint) are written, and once its
+# launcher is gone; past them it dumps its thread stacks and exits 1 (trainer.lifecycle.ExitDeadline).
+EXIT_DEADLINE_S = 30.0
+ORPHAN_DEADLINE_S = 45.0
 
 
 class TokenModel(nn.Module):
@@ -89,22 +98,42 @@ def git_commit() -> str | None:
 class Trainer:
     def __init__(self, cfg: Config, config_path: str | None = None):
         self.cfg, self.config_path = cfg, config_path
-        self.stop_signals: set[int] = set()  # signals received on this rank (SIGTERM, SIGUSR2)
-        self.stopped_by: list[str] = []  # after run(): stop signals seen by any rank, e.g. ["SIGUSR2"]
+        self.stop_reasons: set[str] = set()  # STOP_REASONS seen on this rank (signals, launcher exit)
+        self.stopped_by: list[str] = []  # after run(): stop reasons seen by any rank, e.g. ["SIGUSR2"]
+        self.deadline = ExitDeadline()
+        self.loader = None
+
+    def run(self) -> int:
+        """Train and/or evaluate as configured; returns the exit code (0). However it ends - results
+        written, stop signal, launcher gone, an exception - the process is bounded to exit
+        (:mod:`trainer.lifecycle`)."""
+        try:
+            return self._run()
+        except BaseException:
+            self.deadline.arm(EXIT_DEADLINE_S, "the run failed")
+            if self.loader is not None and hasattr(self.loader, "close"):
+                self.loader.close()
+            raise
 
     # ------------------------------------------------------------------ the run, top to bottom
-    def run(self) -> int:
+    def _run(self) -> int:
         import deepspeed
 
         cfg = self.cfg
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
+        if dist.is_initialized():
+            dist.barrier()  # every rank has mapped every peer's DeepSpeed shared-memory buffer
+        release_shm_names(self.rank)
+        self.launcher_watch = LauncherWatch(lambda: self.stop_reasons.add(LAUNCHER_EXITED), ORPHAN_DEADLINE_S,
+                                            deadline=self.deadline)
+        self.launcher_watch.start()
         self.device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
         bf16_on_cpu = cfg.train.precision == "bf16" and not torch.cuda.is_available()
         if bf16_on_cpu:
             cfg.train.precision = "fp32"  # bf16 on CPU is slow and gains nothing; fp16 DeepSpeed refuses on CPU
         for s in STOP_SIGNALS:  # save a checkpoint at the next step boundary, then exit 0
-            signal.signal(s, lambda signum, _frame: self.stop_signals.add(signum))
+            signal.signal(s, lambda signum, _frame: self.stop_reasons.add(signal.Signals(signum).name))
         torch.manual_seed(cfg.run.seed + self.rank)
         run_dir = Path(cfg.run.dir)
         if self.rank == 0:
@@ -182,10 +211,10 @@ class Trainer:
                 window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
             if cfg.run.mode == "finetune" and step % cfg.train.eval_every_steps == 0 and step < cfg.train.max_steps:
                 best = self.validate(step, best)
-            self.stopped_by = self.sync_stop_signals()
+            self.stopped_by = self.sync_stop_reasons()
             if self.stopped_by:
                 self.save(step, nonfinite, best)
-                self.print(f"stop signal ({', '.join(self.stopped_by)}): checkpoint saved at step {step}; exiting")
+                self.print(f"stopped ({', '.join(self.stopped_by)}): checkpoint saved at step {step}; exiting")
                 bar.close()
                 return self.shutdown(0)
             if step % cfg.checkpoint.every_steps == 0 and step < cfg.train.max_steps:
@@ -272,12 +301,12 @@ class Trainer:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item())
 
-    def sync_stop_signals(self) -> list[str]:
-        """Names of the stop signals received by any rank (every rank gets the same list)."""
-        t = torch.tensor([float(s in self.stop_signals) for s in STOP_SIGNALS], device=self.device)
+    def sync_stop_reasons(self) -> list[str]:
+        """The STOP_REASONS seen by any rank (every rank gets the same list)."""
+        t = torch.tensor([float(r in self.stop_reasons) for r in STOP_REASONS], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [s.name for s, hit in zip(STOP_SIGNALS, t.tolist()) if hit]
+        return [r for r, hit in zip(STOP_REASONS, t.tolist()) if hit]
 
     def log_train(self, step: int, w: dict) -> None:
         dt = max(1e-9, time.perf_counter() - w["t0"])
@@ -293,7 +322,7 @@ class Trainer:
     def save(self, step: int, nonfinite: int, best) -> None:
         state = {"loader": self.loader.state_dict(), "nonfinite": nonfinite, "best": best}
         save_checkpoint(self.engine, self.cfg.run.dir, step, self.rank, self.world, state, to_dict(self.cfg),
-                        self.cfg.checkpoint.keep_last)
+                        self.cfg.checkpoint.keep_last, best_tag=(best or {}).get("tag"))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, details: bool = False):
@@ -308,8 +337,8 @@ class Trainer:
         key = {"classification": "top1", "multilabel": "mAP", "regression": "mse"}[self.cfg.model.task]
         improved = best is None or (m[key] < best["value"] if key == "mse" else m[key] > best["value"])
         if improved:
-            best = {"step": step, "value": m[key], "metric": key, "val": m}
-            self.engine.save_checkpoint(str(Path(self.cfg.run.dir) / "best"), tag="state")
+            tag = save_best(self.engine, self.cfg.run.dir, step, self.rank, keep={(best or {}).get("tag")})
+            best = {"step": step, "value": m[key], "metric": key, "val": m, "tag": tag}
         return best
 
     def finish(self, step: int, best, evaluate_only: bool = False) -> int:
@@ -320,8 +349,7 @@ class Trainer:
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
                 best = self.validate(step, best)
-                self.engine.load_checkpoint(str(Path(cfg.run.dir) / "best"), tag="state", load_optimizer_states=False,
-                                            load_lr_scheduler_states=False)
+                load_best(self.engine, cfg.run.dir, best.get("tag", "state"), self.rank)
             test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
             results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.loader.shards.classes,
@@ -374,6 +402,12 @@ class Trainer:
             tqdm.write(msg)
 
     def shutdown(self, code: int) -> int:
+        """Results or the stop checkpoint are written: stop the decode workers, the engine and the
+        process group, within EXIT_DEADLINE_S (else stacks are dumped and the process exits 1)."""
+        self.deadline.arm(EXIT_DEADLINE_S, f"rank {self.rank} finished (exit code {code})")
+        self.launcher_watch.stop()
+        if hasattr(self.loader, "close"):
+            self.loader.close()
         self.log.close()
         self.engine.destroy()  # before the process group: ZeRO-3 otherwise may abort at exit on CPU
         if dist.is_initialized():
