@@ -38,28 +38,48 @@ class ShardSet:
     manifest: dict = field(default_factory=dict)
 
 
-def resolve_shards(source: str, split: str, num_samples: int | None = None) -> ShardSet:
-    """Resolve ``source`` for ``split``. Raises FileNotFoundError / ValueError with the reason."""
-    if not source:
-        raise ValueError("data.shards: empty; point it at a make_shards.py output directory or a shard pattern")
-    if os.path.isdir(source):
+def read_manifest(source: str) -> dict:
+    """``manifest.json`` of a make_shards output: a local directory, or a URL of one (``http://host/dir/``,
+    any fsspec URL). Raises FileNotFoundError (no manifest) or ValueError (not JSON)."""
+    if "://" not in source:
         mpath = os.path.join(source, "manifest.json")
         if not os.path.exists(mpath):
             raise FileNotFoundError(f"data.shards: {source} has no manifest.json (is it a make_shards.py output?)")
-        manifest = json.load(open(mpath))
+        return json.load(open(mpath))
+    import fsspec
+    url = source.rstrip("/") + "/manifest.json"
+    try:
+        with fsspec.open(url, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data.shards: {url} not found (is {source} a make_shards.py output?)") from None
+
+
+def resolve_shards(source: str, split: str, num_samples: int | None = None) -> ShardSet:
+    """Resolve ``source`` for ``split`` (``a+b`` joins splits, e.g. Kinetics ``train+test`` for LSMCL).
+    Raises FileNotFoundError / ValueError with the reason."""
+    if not source:
+        raise ValueError("data.shards: empty; point it at a make_shards.py output directory or a shard pattern")
+    if os.path.isdir(source) or "://" in source and not any(c in source for c in "{}") and not source.endswith(".tar"):
+        manifest = read_manifest(source)
         splits = manifest.get("splits", {})
-        if split not in splits:
-            raise ValueError(f"split {split!r} not in {mpath}; available splits: {', '.join(sorted(splits))}")
-        sp = splits[split]
-        urls = [os.path.join(source, s) for s in sp["shards"]]
-        counts = sp.get("shard_samples")
-        if counts is not None and 0 in counts:  # an empty shard would leave its reader without data
-            empty = [os.path.basename(u) for u, n in zip(urls, counts) if n == 0]
-            log.warning("data.shards: skipping %d empty shard(s) of split %r: %s", len(empty), split, ", ".join(empty))
-            urls, counts = [u for u, n in zip(urls, counts) if n], [n for n in counts if n]
-        if not urls or int(sp["num_samples"]) == 0:
-            raise ValueError(f"split {split!r} of {mpath} has no samples; re-run make_shards.py or pick another split")
-        return ShardSet(urls, counts, int(sp["num_samples"]), manifest.get("classes", []), manifest)
+        urls, counts = [], []
+        for part in split.split("+"):
+            if part not in splits:
+                raise ValueError(f"split {part!r} not in {source}/manifest.json; available splits: "
+                                 f"{', '.join(sorted(splits))}")
+            sp = splits[part]
+            if not int(sp["num_samples"]):
+                raise ValueError(f"split {part!r} of {source} has no samples; re-run make_shards.py or pick another split")
+            part_urls = [source.rstrip("/") + "/" + s if "://" in source else os.path.join(source, s) for s in sp["shards"]]
+            part_counts = sp.get("shard_samples") or [None] * len(part_urls)
+            if 0 in part_counts:  # an empty shard would leave its reader without data
+                empty = [os.path.basename(u) for u, n in zip(part_urls, part_counts) if n == 0]
+                log.warning("data.shards: skipping %d empty shard(s) of split %r: %s", len(empty), part, ", ".join(empty))
+            urls += [u for u, n in zip(part_urls, part_counts) if n != 0]
+            counts += [n for n in part_counts if n != 0]
+        total = sum(int(splits[p]["num_samples"]) for p in split.split("+"))
+        return ShardSet(urls, counts if None not in counts else None, total, manifest.get("classes", []), manifest)
     urls = []
     for part in source.split("::"):
         urls += list(braceexpand.braceexpand(part))

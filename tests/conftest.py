@@ -40,3 +40,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def clip_pool(tmp_path_factory, demo_footage):
+    """12 real 3-s clips cut from the demo footage (MP4, and AVI for Breakfast), for dataset fixtures."""
+    from tests.real_formats import build_pool
+    return build_pool(demo_footage, tmp_path_factory.mktemp("clip_pool"))

@@ -1,13 +1,21 @@
-"""One small parser per dataset: annotation files -> (items, classes, parser-level rejections).
+"""One small parser per dataset: the dataset's own annotation files -> (items, classes, rejected).
 
-Each ``*_items`` function returns ``(items, classes, rejected)`` where ``items`` are
-:class:`tools.shardwriter.Item`, ``classes`` the label names (index = class id) and ``rejected``
-a list of ``{"key", "path", "reason"}`` for entries the parser could not resolve (e.g. a video
-missing on disk). Formats follow reference.md section 5.
+Each ``*_items`` function returns ``(items, classes, rejected)``: ``items`` are
+:class:`tools.shardwriter.Item`, ``classes`` the label names (index = class id; the dataset's class
+count even when a split lacks some ids) and ``rejected`` a list of ``{"key", "path", "reason"}``
+for rows the parser refused - a malformed row, an unknown class, a video missing on disk. A file
+that is missing or not in the dataset's format raises :class:`DatasetError` naming the file and
+what was expected. The formats are the real datasets' (LVU 1.0 label files, DeepMind's Kinetics
+CSVs, ``COIN.json``, the Breakfast directory tree, Charades CSVs).
+
+:func:`carve_val` makes a validation split out of train for datasets that have none (COIN,
+Breakfast, Charades, Kinetics CSVs without ``validate``, a CSV without ``val`` rows): by video
+(``Item.group``), stratified by class, deterministic.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -21,6 +29,11 @@ import zipfile
 from pathlib import Path
 
 from tools.shardwriter import Item, sanitize_key
+
+
+class DatasetError(ValueError):
+    """An annotation file is missing or not in the dataset's format (the message names file and fix)."""
+
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 SPLIT_ALIASES = {"training": "train", "train": "train", "validate": "val", "validation": "val", "val": "val",
@@ -42,29 +55,100 @@ def _split(name: str) -> str:
     return SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower())
 
 
+def _reject(rejected: list, key: str, path: str, reason: str) -> None:
+    rejected.append({"key": key, "path": path, "reason": reason})
+
+
+def _read_csv(path: str, required: set[str], what: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{what}: {path} does not exist")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = required - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{what}: {path} has columns {reader.fieldnames}; needs {sorted(required)}")
+        return list(reader)
+
+
+# ----------------------------------------------------------------------------- validation split
+
+def carve_val(items: list[Item], fraction: float, seed: int = 0) -> dict | None:
+    """Move a ``fraction`` of the train videos to a new ``val`` split, in place; returns what was done
+    (for the manifest) or None when nothing was carved (``fraction`` 0, a val split exists, < 2 videos).
+
+    Whole groups (``Item.group``: one video, or one person for Breakfast) move together, so no clip of a
+    validation video is trained on. Stratified by class when every group has one single label
+    (largest-remainder quotas), and the groups chosen within a class are those with the smallest
+    ``sha1(seed:group)``: the same inputs give the same split on any machine.
+    """
+    if fraction <= 0 or any(it.split == "val" for it in items):
+        return None
+    if not 0 < fraction < 1:
+        raise DatasetError(f"--val-fraction: {fraction} must be in [0, 1)")
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        if it.split == "train":
+            groups.setdefault(it.group or it.key, []).append(it)
+    if len(groups) < 2:
+        return None
+    h = {g: hashlib.sha1(f"{seed}:{g}".encode()).hexdigest() for g in groups}
+    labels = {g: {json.dumps(it.label) for it in its} for g, its in groups.items()}
+    strata: dict[str, list[str]] = {}
+    single = all(len(v) == 1 for v in labels.values())
+    for g in groups:
+        strata.setdefault(next(iter(labels[g])) if single else "all", []).append(g)
+    total = max(1, round(fraction * len(groups)))
+    quota = {c: math.floor(fraction * len(gs)) for c, gs in strata.items()}
+    rest = sorted(strata, key=lambda c: (-(fraction * len(strata[c]) - quota[c]), min(h[g] for g in strata[c])))
+    for c in rest[:max(0, total - sum(quota.values()))]:
+        quota[c] += 1
+    chosen = [g for c, gs in strata.items() for g in sorted(gs, key=h.get)[:quota[c]]]
+    for g in chosen:
+        for it in groups[g]:
+            it.split = "val"
+    return {"fraction": fraction, "seed": seed, "videos": len(chosen), "of_train_videos": len(groups),
+            "stratified_by_class": single, "samples": sum(len(groups[g]) for g in chosen)}
+
+
 # ----------------------------------------------------------------------------- Kinetics
 
 def kinetics_items(csv_path: str, videos: str):
-    """Kinetics-400/600/700 CSV ``label,youtube_id,time_start,time_end,split``.
+    """A DeepMind Kinetics-400/600/700 CSV: ``label,youtube_id,time_start,time_end,split[,is_cc]``;
+    the test CSV has no ``label`` column: its rows are unlabelled (``label`` None; usable for LSMCL).
 
-    Videos are found as ``<id>_<start:06d>_<end:06d>.*`` (trimmed clips, the usual downloader
-    naming) or ``<id>.*`` (full videos, cut to [time_start, time_end] seconds).
+    Videos are ``<youtube_id>_<start:06d>_<end:06d>.*`` anywhere under ``videos`` (the downloaders'
+    ``<split>/<label>/`` layout or one flat directory of trimmed clips), else ``<youtube_id>.*`` (a
+    full video, cut to [time_start, time_end] seconds). ``split``: train, validate -> val, test.
     """
+    rows = _read_csv(csv_path, {"youtube_id", "time_start", "time_end"}, "kinetics --csv")
     idx = _index_videos(videos)
-    rows = list(csv.DictReader(open(csv_path, newline="")))
-    classes = sorted({r["label"] for r in rows})
+    labelled = "label" in rows[0] if rows else False
+    classes = sorted({r["label"] for r in rows if r.get("label")}) if labelled else []
     cid = {c: i for i, c in enumerate(classes)}
     items, rejected = [], []
-    for r in rows:
-        yid, ts, te = r["youtube_id"], int(float(r["time_start"])), int(float(r["time_end"]))
-        key = sanitize_key(f"{yid}_{ts:06d}_{te:06d}")
-        trimmed = idx.get(f"{yid}_{ts:06d}_{te:06d}")
-        full = idx.get(yid)
-        if trimmed is None and full is None:
-            rejected.append({"key": key, "path": os.path.join(videos, yid), "reason": "video not found"})
+    for n, r in enumerate(rows, start=2):
+        yid = (r.get("youtube_id") or "").strip()
+        try:
+            ts, te = int(float(r["time_start"])), int(float(r["time_end"]))
+        except (TypeError, ValueError):
+            _reject(rejected, sanitize_key(yid or f"row{n}"), csv_path,
+                    f"malformed row {n}: time_start/time_end {r.get('time_start')!r}, {r.get('time_end')!r}")
             continue
-        it = Item(key=key, path=trimmed or full, split=_split(r.get("split", "train")), label=cid[r["label"]],
-                  label_name=r["label"], extra={"dataset": "kinetics", "youtube_id": yid, "time": [ts, te]})
+        key = sanitize_key(f"{yid}_{ts:06d}_{te:06d}")
+        if not yid or te <= ts:
+            _reject(rejected, key, csv_path, f"malformed row {n}: youtube_id {yid!r}, time {ts}-{te}")
+            continue
+        if labelled and not r.get("label"):
+            _reject(rejected, key, csv_path, f"malformed row {n}: empty label")
+            continue
+        trimmed, full = idx.get(f"{yid}_{ts:06d}_{te:06d}"), idx.get(yid)
+        if trimmed is None and full is None:
+            _reject(rejected, key, os.path.join(videos, f"{yid}_{ts:06d}_{te:06d}.mp4"), "video not found")
+            continue
+        label = r.get("label") if labelled else None
+        it = Item(key=key, path=trimmed or full, split=_split(r.get("split") or "train"),
+                  label=cid[label] if label else None, label_name=label, group=yid,
+                  extra={"dataset": "kinetics", "youtube_id": yid, "time": [ts, te]})
         if trimmed is None:
             it.start, it.end = float(ts), float(te)
         items.append(it)
@@ -73,26 +157,40 @@ def kinetics_items(csv_path: str, videos: str):
 
 # ----------------------------------------------------------------------------- COIN
 
-def coin_items(json_path: str, videos: str):
-    """COIN ``COIN.json``: ``database[id] = {class, recipe_type, subset, duration, annotation}``.
+COIN_CLASSES = 180
 
-    Class id = ``recipe_type`` (0..179); split training -> train, testing -> test; the step
-    annotations are kept in the metadata.
-    """
-    db = json.load(open(json_path))["database"]
+
+def coin_items(json_path: str, videos: str):
+    """COIN ``COIN.json``: ``{"database": {id: {recipe_type, class, subset, start, end, duration,
+    video_url, annotation}}}``. Class id = ``recipe_type`` (0..179); subset training -> train,
+    testing -> test (COIN has no validation subset: see :func:`carve_val`). Videos ``<id>.*``; the
+    step annotations are kept in the sample metadata."""
+    if not os.path.isfile(json_path):
+        raise DatasetError(f"coin --json: {json_path} does not exist")
+    try:
+        db = json.load(open(json_path))["database"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"coin --json: {json_path} is not COIN.json ({{'database': {{id: ...}}}}): {e}") from None
     idx = _index_videos(videos)
     names: dict[int, str] = {}
     items, rejected = [], []
     for vid, e in sorted(db.items()):
-        names[int(e["recipe_type"])] = e["class"]
         key = sanitize_key(vid)
-        if vid not in idx:
-            rejected.append({"key": key, "path": os.path.join(videos, vid), "reason": "video not found"})
+        try:
+            rt, subset = int(e["recipe_type"]), _split(e["subset"])
+        except (KeyError, TypeError, ValueError) as err:
+            _reject(rejected, key, json_path, f"malformed entry: {type(err).__name__} {err}")
             continue
-        items.append(Item(key=key, path=idx[vid], split=_split(e["subset"]), label=int(e["recipe_type"]),
-                          label_name=e["class"], extra={"dataset": "coin", "video_id": vid,
-                                                        "annotation": e.get("annotation", [])}))
-    classes = [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
+        if not 0 <= rt < COIN_CLASSES or subset not in ("train", "test"):
+            _reject(rejected, key, json_path, f"malformed entry: recipe_type {rt} (0..179), subset {e['subset']!r}")
+            continue
+        names.setdefault(rt, e.get("class") or f"recipe_{rt}")
+        if vid not in idx:
+            _reject(rejected, key, os.path.join(videos, f"{vid}.mp4"), "video not found")
+            continue
+        items.append(Item(key=key, path=idx[vid], split=subset, label=rt, label_name=names[rt], group=vid,
+                          extra={"dataset": "coin", "video_id": vid, "annotation": e.get("annotation", [])}))
+    classes = [names.get(i, f"recipe_{i}") for i in range(COIN_CLASSES)]
     return items, classes, rejected
 
 
@@ -100,147 +198,236 @@ def coin_items(json_path: str, videos: str):
 
 BREAKFAST_ACTIVITIES = ["cereals", "coffee", "friedegg", "juice", "milk", "pancake", "salat", "sandwich",
                         "scrambledegg", "tea"]
+_BREAKFAST_FILE = re.compile(r"^P(\d+)_([a-z]+?)(?:_(ch[01]))?$")
 
 
-def breakfast_items(root: str, val_people: tuple[int, int] | None = None):
-    """Breakfast directory layout ``P03/cam01/P03_cereals.avi`` (any camera folder).
+def breakfast_items(root: str):
+    """Breakfast ``BreakfastII_15fps_qvga_sync/P<person>/<camera>/P<person>_<activity>[_ch0|_ch1].avi``.
 
-    ViS4mer split: people P03-P46 train, P47-P54 test. ``val_people=(a, b)`` moves people
-    a..b out of train into a validation split (model selection never looks at test).
+    One sample per recording (person, camera, activity), as the papers count them (1,712 in a full
+    copy): the stereo camera's two channel files ``_ch0``/``_ch1`` are one recording (``_ch0`` is
+    used, ``_ch1`` when ``_ch0`` is missing). Split of ViS4mer/S5: persons P03-P46 train, P47-P54
+    test; no validation subset (:func:`carve_val` carves one by person). Unknown activities and
+    persons outside P03-P54 are rejected with the reason.
     """
-    items = []
+    if not os.path.isdir(root):
+        raise DatasetError(f"breakfast --root: {root} is not a directory")
     cid = {a: i for i, a in enumerate(BREAKFAST_ACTIVITIES)}
+    recordings: dict[str, dict[str, Path]] = {}
+    meta: dict[str, tuple[int, str, str]] = {}
+    rejected = []
     for path in sorted(Path(root).rglob("*")):
         if path.suffix.lower() not in VIDEO_EXTS:
             continue
-        m = re.match(r"P(\d+)", path.stem)
-        act = next((t for t in re.split(r"[_\-]", path.stem.lower()) if t in cid), None)
-        if not m or act is None:
-            continue
-        person = int(m.group(1))
-        split = "train" if 3 <= person <= 46 else "test" if 47 <= person <= 54 else None
-        if split is None:
-            continue
-        if val_people and split == "train" and val_people[0] <= person <= val_people[1]:
-            split = "val"
+        m = _BREAKFAST_FILE.match(path.stem)
         cam = path.parent.name
-        items.append(Item(key=sanitize_key(f"{path.stem}_{cam}"), path=str(path), split=split, label=cid[act],
-                          label_name=act, extra={"dataset": "breakfast", "person": f"P{person:02d}",
-                                                 "camera": cam}))
-    return items, list(BREAKFAST_ACTIVITIES), []
+        if not m:
+            _reject(rejected, sanitize_key(f"{cam}_{path.stem}"), str(path),
+                    "file name is not P<person>_<activity>[_ch0|_ch1]")
+            continue
+        person, act, ch = int(m.group(1)), m.group(2), m.group(3) or ""
+        key = sanitize_key(f"P{person:02d}_{cam}_{act}")
+        if act not in cid:
+            _reject(rejected, key, str(path), f"unknown activity {act!r}; Breakfast has {', '.join(BREAKFAST_ACTIVITIES)}")
+            continue
+        if not 3 <= person <= 54:
+            _reject(rejected, key, str(path), f"person P{person:02d} outside P03-P54")
+            continue
+        recordings.setdefault(key, {})[ch] = path
+        meta[key] = (person, act, cam)
+    items = []
+    for key, files in sorted(recordings.items()):
+        person, act, cam = meta[key]
+        path = files.get("") or files.get("ch0") or files["ch1"]
+        items.append(Item(key=key, path=str(path), split="train" if person <= 46 else "test", label=cid[act],
+                          label_name=act, group=f"P{person:02d}",
+                          extra={"dataset": "breakfast", "person": f"P{person:02d}", "camera": cam,
+                                 "channels": sorted(c for c in files if c)}))
+    return items, list(BREAKFAST_ACTIVITIES), rejected
 
 
 # ----------------------------------------------------------------------------- LVU
 
-LVU_TASKS = {  # short name -> (lvu_1.0 directory, number of classes or 0 for regression)
-    "relationship": ("relationship", 4), "speaking": ("way_speaking", 5), "scene": ("scene", 6),
-    "director": ("director", 10), "writer": ("writer", 10), "year": ("year", 9), "genre": ("genre", 4),
-    "like": ("like_ratio", 0), "view": ("view_count", 0),
+# task -> (lvu_1.0 directory, classes (0 = regression), header of its files)
+_LVU_CLS_HEADER = "class_id class_name youtube_id imdb_id"
+LVU_TASKS = {
+    "relationship": ("relationship", 4, _LVU_CLS_HEADER), "speaking": ("way_speaking", 5, _LVU_CLS_HEADER),
+    "scene": ("scene", 6, _LVU_CLS_HEADER), "director": ("director", 10, _LVU_CLS_HEADER),
+    "writer": ("writer", 10, _LVU_CLS_HEADER), "year": ("year", 9, _LVU_CLS_HEADER),
+    "genre": ("genre", 4, _LVU_CLS_HEADER),
+    "like": ("like_ratio", 0, "like_count dislike_count youtube_id imdb_id"),
+    "view": ("view_count", 0, "view_count youtube_id imdb_id"),
 }
+LVU_LIKE_MEAN = 9.138220535629456  # the LVU code's zero-mean offsets
+LVU_VIEW_MEAN = 11.76425435683139
 
 
 def lvu_target(task: str, values: list[float]) -> float:
-    """LVU regression targets (reference.md section 5): ``like = 10*like/(like+dislike) - 9.1382``
-    from (like, dislike) or from an already-computed ratio; ``view = log(views) - 11.7643``."""
+    """LVU regression target: ``like = 10 * like / (like + dislike) - 9.138220535629456`` from
+    (like_count, dislike_count); ``view = log(view_count) - 11.76425435683139`` (the LVU code).
+    Raises ValueError for a zero denominator or a non-positive view count."""
     if task == "like":
-        ratio = 10 * values[0] / (values[0] + values[1]) if len(values) >= 2 else values[0]
-        return ratio - 9.1382
+        if values[0] < 0 or values[1] < 0 or values[0] + values[1] <= 0:
+            raise ValueError(f"like_count {values[0]:g}, dislike_count {values[1]:g}: no ratio")
+        return 10 * values[0] / (values[0] + values[1]) - LVU_LIKE_MEAN
     if task == "view":
-        return math.log(values[0]) - 11.7643
+        if values[0] <= 0:
+            raise ValueError(f"view_count {values[0]:g} is not positive")
+        return math.log(values[0]) - LVU_VIEW_MEAN
     raise ValueError(f"task {task!r} is not a regression task")
 
 
 def lvu_items(labels_root: str, videos: str, task: str):
-    """LVU label files ``lvu_1.0/<task>/{train,val,test}.csv``: a header line, then
-    space-separated rows ``<label or value(s)> <youtube_id> <clip_id>``; videos ``<clip_id>.*``."""
+    """LVU 1.0 label files ``<labels_root>/<task dir>/{train,val,test}.csv``: one header line, then
+    space-separated rows - ``class_id class_name youtube_id imdb_id`` (classification),
+    ``like_count dislike_count youtube_id imdb_id`` (like), ``view_count youtube_id imdb_id`` (view).
+    The video is the second-to-last field, ``<youtube_id>.*`` under ``videos``.
+
+    Classes: the task's count (director/writer skip some ids in some splits), names from the files
+    (``class_{id}`` for an id no file names). ``labels_root`` may also be the task directory itself.
+    """
     if task not in LVU_TASKS:
-        raise ValueError(f"task: {task!r} not allowed; allowed values: {', '.join(LVU_TASKS)}")
-    sub, ncls = LVU_TASKS[task]
+        raise DatasetError(f"--task: {task!r} not allowed; allowed values: {', '.join(LVU_TASKS)}")
+    sub, ncls, header = LVU_TASKS[task]
     d = Path(labels_root) / sub if (Path(labels_root) / sub).is_dir() else Path(labels_root)
+    files = {split: d / f"{split}.csv" for split in ("train", "val", "test")}
+    if not any(f.exists() for f in files.values()):
+        raise DatasetError(f"lvu --labels: no {{train,val,test}}.csv in {d} (expected lvu_1.0/{sub}/)")
     idx = _index_videos(videos)
+    names: dict[int, str] = {}
     items, rejected = [], []
-    for split in ("train", "val", "test"):
-        f = d / f"{split}.csv"
+    for split, f in files.items():
         if not f.exists():
             continue
-        for line in f.read_text().splitlines()[1:]:
+        lines = f.read_text().splitlines()
+        if not lines or lines[0].split() != header.split():
+            raise DatasetError(f"lvu --task {task}: {f} starts with {lines[0] if lines else '(empty)'!r}, expected "
+                               f"the header {header!r} (is it the file of another task?)")
+        width = len(header.split())
+        for n, line in enumerate(lines[1:], start=2):
             parts = line.split()
-            if len(parts) < 3:
+            if not parts:
                 continue
-            clip = parts[-1]
-            nums = [float(p) for p in parts[:-2]]
-            key = sanitize_key(f"{clip}")
-            if clip not in idx:
-                rejected.append({"key": key, "path": os.path.join(videos, clip), "reason": "video not found"})
+            yid = parts[-2] if len(parts) >= 2 else parts[0]
+            key = sanitize_key(yid)
+            where = f"{f}:{n}"
+            if len(parts) != width:
+                _reject(rejected, key, where, f"malformed row: {len(parts)} fields, expected {width} ({header})")
                 continue
-            label = int(nums[0]) if ncls else lvu_target(task, nums)
-            items.append(Item(key=key, path=idx[clip], split=split, label=label,
-                              label_name=str(label) if ncls else None,
-                              extra={"dataset": "lvu", "task": task, "youtube_id": parts[-2], "raw": nums}))
-    classes = [str(i) for i in range(ncls)]
+            try:
+                if ncls:
+                    label, name = int(parts[0]), parts[1]
+                    if not 0 <= label < ncls:
+                        raise ValueError(f"unknown class id {label} (task {task} has {ncls}: 0..{ncls - 1})")
+                    if names.setdefault(label, name) != name:
+                        raise ValueError(f"class id {label} named {name!r} here and {names[label]!r} before")
+                else:
+                    label = lvu_target(task, [float(x) for x in parts[:-2]])
+            except ValueError as e:
+                _reject(rejected, key, where, f"malformed row: {e}")
+                continue
+            if yid not in idx:
+                _reject(rejected, key, os.path.join(videos, f"{yid}.mp4"), "video not found")
+                continue
+            items.append(Item(key=key, path=idx[yid], split=split, label=label,
+                              label_name=names[label] if ncls else None, group=yid,
+                              extra={"dataset": "lvu", "task": task, "youtube_id": yid, "imdb_id": parts[-1],
+                                     "raw": parts[:-2]}))
+    classes = [names.get(i, f"class_{i}") for i in range(ncls)]
     return items, classes, rejected
 
 
 # ----------------------------------------------------------------------------- Charades
 
-def charades_items(train_csv: str | None, test_csv: str | None, videos: str, classes_txt: str | None = None):
-    """Charades CSVs (``id,...,actions,length``; actions ``c092 11.90 21.20;c147 0.00 12.60``).
+CHARADES_CLASSES = 157
+_CHARADES_COLUMNS = {"id", "scene", "descriptions", "actions", "length"}
 
-    Multi-label: ``label`` is the sorted list of class indices; ``actions`` keeps the timestamps.
-    Classes from ``Charades_v1_classes.txt`` (``c000 Holding some clothes``) or c000..c156.
+
+def charades_items(train_csv: str | None, test_csv: str | None, videos: str, classes_txt: str | None = None):
+    """Charades ``Charades_v1_{train,test}.csv`` (``id,subject,scene,quality,relevance,verified,script,
+    objects,descriptions,actions,length``; ``actions`` = ``c092 11.90 21.20;c147 0.00 12.60``, may be
+    empty) and ``Charades_v1_classes.txt`` (``c000 Holding some clothes``, 157 lines).
+
+    Multi-label: ``label`` = sorted class ids of the video's actions (empty for none); the timed
+    actions and the ``descriptions`` (captions) go into the metadata. Videos ``<id>.*``. No
+    validation subset (:func:`carve_val`). Malformed actions and unknown classes are rejected.
     """
     if classes_txt:
-        classes = [ln.split(" ", 1)[1].strip() if " " in ln else ln.strip()
-                   for ln in open(classes_txt).read().splitlines() if ln.strip()]
+        if not os.path.isfile(classes_txt):
+            raise DatasetError(f"charades --classes: {classes_txt} does not exist")
+        pairs = [ln.split(" ", 1) for ln in open(classes_txt).read().splitlines() if ln.strip()]
+        if len(pairs) != CHARADES_CLASSES or any(len(p) != 2 or not re.fullmatch(r"c\d{3}", p[0]) for p in pairs):
+            raise DatasetError(f"charades --classes: {classes_txt} is not Charades_v1_classes.txt "
+                               f"({CHARADES_CLASSES} lines 'c000 Holding some clothes')")
+        classes = [p[1].strip() for p in pairs]
     else:
-        classes = [f"c{i:03d}" for i in range(157)]
+        classes = [f"c{i:03d}" for i in range(CHARADES_CLASSES)]
+    if not train_csv and not test_csv:
+        raise DatasetError("charades: give --train-csv and/or --test-csv")
     idx = _index_videos(videos)
     items, rejected = [], []
     for split, path in (("train", train_csv), ("test", test_csv)):
         if not path:
             continue
-        for r in csv.DictReader(open(path, newline="")):
-            vid = r["id"]
-            actions = []
-            for a in filter(None, (r.get("actions") or "").split(";")):
-                c, s, e = a.split()
-                actions.append([int(c[1:]), float(s), float(e)])
+        for n, r in enumerate(_read_csv(path, _CHARADES_COLUMNS, f"charades --{split}-csv"), start=2):
+            vid = (r.get("id") or "").strip()
+            key = sanitize_key(vid or f"{split}_row{n}")
+            try:
+                actions = []
+                for a in filter(None, (x.strip() for x in (r.get("actions") or "").split(";"))):
+                    c, s, e = a.split()
+                    if not re.fullmatch(r"c\d{3}", c) or int(c[1:]) >= CHARADES_CLASSES:
+                        raise ValueError(f"unknown class {c!r}")
+                    actions.append([int(c[1:]), float(s), float(e)])
+                if not vid:
+                    raise ValueError("empty id")
+            except ValueError as e:
+                _reject(rejected, key, f"{path}:{n}", f"malformed row: {e}")
+                continue
             if vid not in idx:
-                rejected.append({"key": sanitize_key(vid), "path": os.path.join(videos, vid), "reason": "video not found"})
+                _reject(rejected, key, os.path.join(videos, f"{vid}.mp4"), "video not found")
                 continue
             labels = sorted({a[0] for a in actions})
-            items.append(Item(key=sanitize_key(vid), path=idx[vid], split=split, label=labels,
-                              label_name=[classes[i] for i in labels if i < len(classes)],
-                              extra={"dataset": "charades", "actions": actions, "scene": r.get("scene")}))
+            items.append(Item(key=key, path=idx[vid], split=split, label=labels,
+                              label_name=[classes[i] for i in labels], group=vid,
+                              extra={"dataset": "charades", "actions": actions, "scene": r.get("scene"),
+                                     "descriptions": r.get("descriptions") or "", "length": r.get("length")}))
     return items, classes, rejected
 
 
 # ----------------------------------------------------------------------------- generic CSV
 
 def csv_items(csv_path: str, root: str):
-    """Generic CSV with a header: ``path,label[,split][,start,end]``; paths relative to ``root``,
-    ``start``/``end`` in seconds cut a segment; split defaults to ``train``. Labels are class names
-    (sorted into ids) or numbers when every label parses as a float and is not an integer."""
-    rows = list(csv.DictReader(open(csv_path, newline="")))
-    if rows and not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{csv_path}: needs columns path,label[,split][,start,end]; got {list(rows[0])}")
-    classes = sorted({r["label"] for r in rows})
+    """A user's CSV with a header: ``path,label[,split][,start,end]``; paths relative to ``root``,
+    ``start``/``end`` in seconds cut a segment; split defaults to ``train`` (a validation split is
+    carved from train when no row says ``val``). Labels are class names, sorted into ids. Segments
+    of one file form one group (never divided between train and val)."""
+    rows = _read_csv(csv_path, {"path", "label"}, "csv --csv")
+    classes = sorted({r["label"] for r in rows if r.get("label")})
     cid = {c: i for i, c in enumerate(classes)}
-    items = []
+    items, rejected = [], []
     seen: dict[str, int] = {}
-    for r in rows:
-        start = float(r["start"]) if r.get("start") not in (None, "") else None
-        end = float(r["end"]) if r.get("end") not in (None, "") else None
-        stem = sanitize_key(os.path.splitext(r["path"])[0])
+    for n, r in enumerate(rows, start=2):
+        stem = sanitize_key(os.path.splitext(r.get("path") or f"row{n}")[0])
+        try:
+            start = float(r["start"]) if r.get("start") not in (None, "") else None
+            end = float(r["end"]) if r.get("end") not in (None, "") else None
+            if not r.get("path") or not r.get("label"):
+                raise ValueError("empty path or label")
+            if start is not None and end is not None and end <= start:
+                raise ValueError(f"end {end} <= start {start}")
+        except ValueError as e:
+            _reject(rejected, stem, f"{csv_path}:{n}", f"malformed row: {e}")
+            continue
         if start is not None:
             stem += f"_{int(round(start * 1000)):08d}"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        key = stem if n == 0 else f"{stem}_{n}"
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        key = stem if k == 0 else f"{stem}_{k}"
         items.append(Item(key=key, path=os.path.join(root, r["path"]), split=_split(r.get("split") or "train"),
-                          label=cid[r["label"]], label_name=r["label"], start=start, end=end,
+                          label=cid[r["label"]], label_name=r["label"], start=start, end=end, group=r["path"],
                           extra={"dataset": "csv"}))
-    return items, classes, []
+    return items, classes, rejected
 
 
 # ----------------------------------------------------------------------------- demo (real footage)

@@ -12,9 +12,16 @@ Usage::
     python tools/make_shards.py charades --train-csv Charades_v1_train.csv --test-csv Charades_v1_test.csv \
         --videos Charades_v1 --classes Charades_v1_classes.txt --out cache/charades_shards
 
-Bad inputs (missing, zero-byte, truncated, not a video, audio-only, undecodable) are listed in
-``<out>/rejected.jsonl`` with their reason; the run still exits 0 and prints
-``N sharded, M rejected``. Re-running the same command skips finished shards.
+Bad inputs (a malformed annotation row, an unknown class, a missing, zero-byte, truncated,
+audio-only or undecodable video) are listed in ``<out>/rejected.jsonl`` with their reason; the
+run still exits 0 and prints ``N sharded, M rejected`` and the samples per split. An annotation
+file that is missing or in another format is a one-line error (exit 2).
+
+Datasets without a validation subset (COIN, Breakfast, Charades, a Kinetics CSV without
+``validate`` rows, a CSV without ``val`` rows) get one carved out of train: ``--val-fraction``
+(default 0.1) of the training videos, whole videos (Breakfast: whole persons), stratified by
+class, deterministic; recorded in ``manifest.json`` (``val_carved``). Test is never touched.
+Re-running the same command skips finished shards.
 """
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-shard-mb", type=float, default=1024.0, help="roll to a new part above this size")
         sp.add_argument("--min-decoded-fraction", type=float, default=0.8,
                         help="reject an input when less than this fraction of its duration decodes")
+        sp.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of the training videos moved to a carved 'val' split when the dataset has "
+                             "none (0 = no val split; default %(default)s)")
         sp.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("kinetics", help="Kinetics CSV label,youtube_id,time_start,time_end,split")
@@ -58,13 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--videos", required=True)
     common(s)
     s = sub.add_parser("breakfast", help="Breakfast directory layout (ViS4mer split P03-P46 / P47-P54)")
-    s.add_argument("--root", required=True)
-    s.add_argument("--val-people", default=None, help="e.g. 41-46: move these people from train to val")
+    s.add_argument("--root", required=True, help="BreakfastII_15fps_qvga_sync/")
     common(s)
     s = sub.add_parser("lvu", help="LVU task label files lvu_1.0/<task>/{train,val,test}.csv")
     s.add_argument("--labels", required=True)
     s.add_argument("--videos", required=True)
-    s.add_argument("--task", required=True, choices=list(datasets.LVU_TASKS))
+    s.add_argument("--task", required=True, choices=list(datasets.LVU_TASKS),
+                   help="relationship, speaking (way_speaking), scene, director, writer, year, genre, "
+                        "like (like_ratio), view (view_count)")
     common(s)
     s = sub.add_parser("charades", help="Charades CSVs (multi-label with timestamps)")
     s.add_argument("--train-csv")
@@ -97,13 +108,12 @@ def collect(args: argparse.Namespace):
         classes = sorted(classes)  # ids must agree across CSVs: relabel by the union
         cid = {c: k for k, c in enumerate(classes)}
         for it in items:
-            it.label = cid[it.label_name]
+            it.label = cid[it.label_name] if it.label_name else None  # the test CSV is unlabelled
         return items, classes, rej
     if args.source == "coin":
         return datasets.coin_items(args.json, args.videos)
     if args.source == "breakfast":
-        vp = tuple(int(x) for x in args.val_people.split("-")) if args.val_people else None
-        return datasets.breakfast_items(args.root, vp)
+        return datasets.breakfast_items(args.root)
     if args.source == "lvu":
         return datasets.lvu_items(args.labels, args.videos, args.task)
     if args.source == "charades":
@@ -116,22 +126,39 @@ def collect(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    items, classes, pre_rejected = collect(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        items, classes, pre_rejected = collect(args)
+        carved = datasets.carve_val(items, args.val_fraction) if args.source != "demo" else None
+    except datasets.DatasetError as e:
+        parser.exit(2, f"make_shards.py {args.source}: error: {e}\n")
+    if not items:
+        parser.exit(2, f"make_shards.py {args.source}: error: no usable sample ({len(pre_rejected)} rejected; first "
+                       f"reasons: {[r['reason'] for r in pre_rejected[:3]]}); check the paths\n")
     opts = EncodeOptions(codec=args.codec, fps=args.fps, short_side=args.short_side,
                          keyframe_seconds=args.keyframe_seconds, crf=args.crf,
                          threads=1 if args.workers > 1 else 0,
                          min_decoded_fraction=args.min_decoded_fraction)
     task = {"charades": "multilabel"}.get(args.source, "classification")
-    if args.source == "lvu" and not datasets.LVU_TASKS[args.task][1]:
-        task = "regression"
+    extra = {"task": task}
+    if args.source == "lvu":
+        extra["lvu_task"] = args.task
+        if not datasets.LVU_TASKS[args.task][1]:
+            extra["task"] = "regression"
+    if carved:
+        extra["val_carved"] = carved
+        print(f"no validation subset in the annotations: carved 'val' from train - {carved['videos']} of "
+              f"{carved['of_train_videos']} training videos ({args.val_fraction:g}"
+              f"{', stratified by class' if carved['stratified_by_class'] else ''}); test is untouched")
     m = make_shards(items, args.out, opts, classes=classes, workers=args.workers,
                     samples_per_shard=args.samples_per_shard, max_shard_bytes=int(args.max_shard_mb * 2**20),
-                    dataset=args.source, extra_manifest={"task": task}, pre_rejected=pre_rejected,
+                    dataset=args.source, extra_manifest=extra, pre_rejected=pre_rejected,
                     progress=not args.no_progress)
     s = m["_summary"]
     print(f"{s['sharded']} sharded, {s['rejected']} rejected "
           f"({s['video_seconds']:.1f} s of video; {s['transcoded']} transcoded in {s['wall_s']:.1f} s) -> {args.out}")
+    print("samples per split: " + ", ".join(f"{k} {v['num_samples']}" for k, v in sorted(m["splits"].items())))
     return 0
 
 

@@ -51,6 +51,7 @@ class Item:
     start: float | None = None  # seconds
     end: float | None = None  # seconds
     extra: dict = field(default_factory=dict)  # dataset-specific metadata
+    group: str | None = None  # the source video (or person): a carved validation split never divides one
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _ffmpeg_cmd(src: str, dst: str, start: float, length: float | None, o: Encod
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
     if start > 0:
         cmd += ["-ss", f"{start:.3f}"]
-    cmd += ["-i", src]
+    cmd += ["-i", src if "://" in src else os.path.abspath(src)]  # never a bare '-id.mp4' (ids may start with '-')
     if length is not None:
         cmd += ["-t", f"{length:.3f}"]
     cmd += ["-map", "0:v:0", "-an", "-sn", "-dn"]
