@@ -25,6 +25,7 @@ setup(
         "torchmetrics>=1.0",
         "torchdata>=0.10",  # StatefulDataLoader: resumable multi-worker loading
         "braceexpand>=0.1",
+        "fsspec>=2023.1",  # manifest.json of shards behind a URL (data/sources.py)
         "deepspeed>=0.16",  # ZeRO; CPU accelerator + gloo on machines without a GPU
         "tensorboard>=2.10",
         "matplotlib>=3.7",

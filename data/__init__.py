@@ -27,15 +27,15 @@ def choose_backend(backend: str, source: str) -> str:
 def build_loader(backend: str, source: str, split: str, spec: ClipSpec, **kw):
     """A :class:`data.loader.VideoLoader` or :class:`data.dali.DaliVideoLoader` for ``backend``
     (see :func:`choose_backend`), or a :class:`data.features.FeatureLoader` for ``features`` (pass
-    ``features=`` the .beton path); keyword arguments are the loaders' (batch_size, image_size,
-    mean, std, rank, world, seed, task, num_classes, num_workers)."""
+    ``features=`` the cache directory; ``split``'s file in it); keyword arguments are the loaders'
+    (batch_size, image_size, mean, std, rank, world, seed, task, num_classes, num_workers, finite)."""
     if backend == "features":
-        from data.features import FeatureLoader
+        from data.features import FeatureLoader, feature_path
         if not kw.get("features"):
-            raise ValueError("data.backend: 'features' needs data.features (a .beton from tools/extract_features.py)")
-        return FeatureLoader(kw["features"], kw["batch_size"], order="random" if spec.mode == "train" else "sequential",
-                             seed=kw.get("seed", 0), drop_last=spec.mode == "train",
-                             distributed=kw.get("world", 1) > 1)
+            raise ValueError("data.backend: 'features' needs data.features (a directory from tools/extract_features.py)")
+        finite = kw.get("finite", spec.mode != "train")
+        return FeatureLoader(feature_path(kw["features"], split), kw["batch_size"], shuffle=not finite,
+                             seed=kw.get("seed", 0), rank=kw.get("rank", 0), world=kw.get("world", 1), finite=finite)
     kw.pop("features", None)
     chosen = choose_backend(backend, source)
     if chosen == "cpu":
@@ -43,4 +43,5 @@ def build_loader(backend: str, source: str, split: str, spec: ClipSpec, **kw):
         return VideoLoader(source, split, spec, **kw)
     from data.dali import DaliVideoLoader
     kw.pop("num_workers", None)
+    kw.pop("finite", None)
     return DaliVideoLoader(source, split, spec, device="mixed" if chosen == "dali-mixed" else "cpu", **kw)

@@ -105,6 +105,11 @@ class DaliVideoLoader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
+    @property
+    def num_samples(self) -> int:
+        """Videos in the split (all ranks together)."""
+        return self.shards.num_samples
+
     def _run(self):
         self.runs += 1
         try:

@@ -1,11 +1,17 @@
 """Frozen-feature cache with FFCV: run the frozen encoder once, train the decoder for hundreds of
 epochs on the cached tokens (ViS4mer-style finetuning) instead of decoding and encoding every epoch.
 
-Writer (:func:`write_feature_cache`, used by ``tools/extract_features.py``): one record per clip
-or window with fields ``tokens`` (T*P, D) float16 (stored as its int16 bits), ``label`` (int64 class id, float target, or
+A cache is a directory (``data.features``) with one ``<split>.beton`` per split the run reads
+(:func:`feature_path`), written by ``tools/extract_features.py``: val/test hold exactly the clips
+the video path evaluates (the config's windows, centre or full clip), train its windows at a
+stride (default: non-overlapping, ``data.clip_seconds``) - each window one training example.
+
+Writer (:func:`write_feature_cache`): one record per clip or window with fields ``tokens``
+(T*P, D) float16 (stored as its int16 bits), ``label`` (int64 class id, float target, or
 multi-hot float32 (C,)), ``video`` (int index into the sidecar ``<file>.videos.json``) and
-``bounds`` (2,) float32 seconds. Reader (:class:`FeatureLoader`): ffcv's ``Loader`` yielding the
-trainer's batch dicts with ``tokens`` (B, T*P, D) float32 instead of ``video``.
+``bounds`` (2,) float32 seconds; ``<file>.json`` records the token shape and how the clips were cut.
+Reader (:class:`FeatureLoader`): ffcv's ``Loader`` with a rank-aware order, yielding the trainer's
+batch dicts with ``tokens`` (B, T*P, D) float32 instead of ``video``.
 """
 from __future__ import annotations
 
@@ -18,11 +24,16 @@ import numpy as np
 import torch
 
 
+def feature_path(root: str, split: str) -> str:
+    """The cache file of ``split`` in the cache directory ``root``."""
+    return os.path.join(root, f"{split}.beton")
+
+
 def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim: int, label_shape: tuple = (),
-                        label_dtype=np.int64, num_workers: int = 1) -> int:
+                        label_dtype=np.int64, num_workers: int = 1, meta: dict | None = None) -> int:
     """Write records ``{"tokens": (num_tokens, dim), "label", "video_id": str, "bounds": (2,)}`` to the
-    FFCV file ``path`` (+ ``path.videos.json``). Tokens are staged in a float16 memmap first, so
-    memory stays bounded. Returns the number of records."""
+    FFCV file ``path`` (+ ``path.videos.json``, and ``path.json`` = ``meta`` + the token shape).
+    Tokens are staged in a float16 memmap first, so memory stays bounded. Returns the number of records."""
     from ffcv.fields import FloatField, IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 
@@ -59,54 +70,110 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
     DatasetWriter(path, fields, num_workers=num_workers).from_indexed_dataset(_Staged())
     with open(path + ".videos.json", "w") as f:
         json.dump(sorted(video_ids, key=video_ids.get), f)
+    with open(path + ".json", "w") as f:
+        json.dump({**(meta or {}), "num_tokens": num_tokens, "dim": dim, "records": n, "videos": len(video_ids)}, f)
     for p in os.listdir(tmpdir):
         os.unlink(os.path.join(tmpdir, p))
     os.rmdir(tmpdir)
     return n
 
 
-class FeatureLoader:
-    """Batches of cached tokens through ffcv's ``Loader``: ``tokens`` (B, T*P, D) float32,
-    ``label``, ``video_id`` (list of B), ``bounds`` (B, 2) seconds.
+def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
+    """An ffcv traversal order: each epoch a permutation of all records (seeded by seed + epoch, or
+    file order), dealt round-robin to ranks; with ``equal`` every rank gets N // world records
+    (training: the same number of steps everywhere), else every record goes to exactly one rank.
 
-    order: ``"random"`` (reshuffled each epoch, seeded) or ``"sequential"``. With ``distributed``
-    ffcv splits the records over the torch.distributed ranks. Tokens are stored as the int16 bit
-    patterns of float16 values (ffcv's numba pipeline has no float16).
+    ffcv 1.0.2's Loader accepts a custom order only as an *instance* of TraversalOrder, which it then
+    calls with the loader (it tests ``isinstance`` where a class is meant), hence the factory."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class RankOrder(TraversalOrder):
+        def sample_order(self, epoch: int):
+            order = np.random.default_rng(seed + epoch).permutation(self.indices) if shuffle else self.indices
+            mine = order[rank::world]
+            return mine[:len(self.indices) // world] if equal else mine
+
+    class Factory(TraversalOrder):
+        def __init__(self):  # no loader yet
+            pass
+
+        def __call__(self, loader):
+            return RankOrder(loader)
+
+        def sample_order(self, epoch: int):
+            raise NotImplementedError
+
+    return Factory()
+
+
+class FeatureLoader:
+    """Batches of one rank from a cache file: ``tokens`` (B, T*P, D) float32, ``label``, ``video_id``
+    (list of B), ``bounds`` (B, 2) seconds.
+
+    Args:
+        path: a ``<split>.beton`` (:func:`feature_path`). batch_size: records per rank per step.
+        shuffle: reshuffle all records each epoch (seeded). seed: shuffling seed. rank, world: the
+            data-parallel position. finite: evaluation - every record once over all ranks, last batch
+            short (ranks may differ by one batch); else equal shares and full batches, epoch after epoch.
+    ``state_dict()`` / ``load_state_dict()`` resume mid-epoch with the same next batches.
+    Raises FileNotFoundError (no cache) / ValueError (a state of another world size).
     """
 
-    def __init__(self, path: str, batch_size: int, order: str = "random", seed: int = 0, num_workers: int = 1,
-                 drop_last: bool = True, distributed: bool = False):
+    def __init__(self, path: str, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world: int = 1, finite: bool = False, num_workers: int = 1):
         from ffcv.fields.decoders import FloatDecoder, IntDecoder, NDArrayDecoder
-        from ffcv.loader import Loader, OrderOption
+        from ffcv.loader import Loader
+        from ffcv.reader import Reader
         from ffcv.transforms import ToTensor
 
         if not os.path.exists(path):
             raise FileNotFoundError(f"data.features: {path} does not exist (write it with tools/extract_features.py)")
         self.video_ids = json.load(open(path + ".videos.json"))
-        orders = {"random": OrderOption.RANDOM, "sequential": OrderOption.SEQUENTIAL}
-        if order not in orders:
-            raise ValueError(f"order: {order!r} not allowed; allowed values: 'random', 'sequential'")
-        label_dec = IntDecoder()
-        from ffcv.reader import Reader
-        ftype = type(Reader(path).handlers["label"]).__name__
-        if ftype == "FloatField":
-            label_dec = FloatDecoder()
-        elif ftype == "NDArrayField":
-            label_dec = NDArrayDecoder()
-        self.loader = Loader(path, batch_size=batch_size, num_workers=num_workers, order=orders[order], seed=seed,
-                             drop_last=drop_last, distributed=distributed,
+        self.meta = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
+        reader = Reader(path)
+        self.num_samples = int(reader.num_samples)
+        label_dec = {"FloatField": FloatDecoder, "NDArrayField": NDArrayDecoder}.get(
+            type(reader.handlers["label"]).__name__, IntDecoder)()
+        self.rank, self.world, self.finite = rank, world, finite
+        self.loader = Loader(path, batch_size=batch_size, num_workers=num_workers, drop_last=not finite,
+                             order=_rank_order(seed, rank, world, shuffle, equal=not finite),
                              pipelines={"tokens": [NDArrayDecoder(), ToTensor()], "label": [label_dec, ToTensor()],
                                         "video": [IntDecoder(), ToTensor()], "bounds": [NDArrayDecoder(), ToTensor()]})
+        self.steps_per_epoch = len(self.loader)
+        self.epoch, self.step = 0, 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict]:
-        for tokens, label, video, bounds in self.loader:
-            label = label.reshape(label.shape[0], *label.shape[1:]) if label.ndim > 1 else label
+        """The rest of the current epoch (all of it when started fresh)."""
+        self.loader.next_epoch = self.epoch
+        for i, (tokens, label, video, bounds) in enumerate(self.loader):
+            if i < self.step:
+                continue  # resume: already consumed
+            self.step = i + 1
+            # ffcv hands out views of a ring of buffers it refills batches_ahead batches later: copy
+            # everything a caller may keep (evaluation holds every batch's labels until the end)
+            label = torch.as_tensor(label).clone()
             if label.ndim == 2 and label.shape[1] == 1:
                 label = label[:, 0]
-            tokens = torch.as_tensor(tokens).view(torch.float16).float()  # int16 bits -> float16 -> float32
-            yield {"tokens": tokens, "label": torch.as_tensor(label),
+            tokens = torch.as_tensor(tokens).view(torch.float16).float()  # int16 bits -> float16 -> float32 (a copy)
+            yield {"tokens": tokens, "label": label,
                    "video_id": [self.video_ids[int(v)] for v in torch.as_tensor(video).reshape(-1)],
-                   "bounds": torch.as_tensor(bounds)}
+                   "bounds": torch.as_tensor(bounds).clone()}
+        if not self.finite:
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world, "backend": "features"}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("backend") != "features":
+            raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
+        if state["world"] != self.world:
+            raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "
+                             f"{self.world}: resuming would replay or skip samples; refusing")
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    def close(self) -> None:
+        """Nothing to stop: ffcv reads with threads of this process."""

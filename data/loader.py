@@ -166,6 +166,11 @@ class VideoLoader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
+    @property
+    def num_samples(self) -> int:
+        """Videos in the split (all ranks together)."""
+        return self.shards.num_samples
+
     def __iter__(self):
         """The rest of the current virtual epoch (all of it when started fresh); with ``finite``,
         one pass over the shards."""

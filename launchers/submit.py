@@ -12,7 +12,9 @@ then the finetunes of its config's ``launch.finetunes`` (or the TASKs given) as 
 ``launch.init_from_pretrain: false`` (the from-scratch baselines).
 
 Resources come from each stage config's ``launch:`` section; the flags override them for every
-stage. ``section.key=value`` overrides apply to every stage, ``NAME:section.key=value`` to one
+stage, except that in a ``pipeline`` the sizing flags (``--nodes``, ``--gpus-per-node``,
+``--tasks-per-node``, ``--cpus-per-task``) size the pretraining job only: each finetune keeps its
+config's allocation, which its global batch was chosen for (``coin:launch.nodes=2`` changes one). ``section.key=value`` overrides apply to every stage, ``NAME:section.key=value`` to one
 (``pretrain:train.max_steps=10``, ``demo:train.max_steps=5``).
 
 ``--local`` runs the same stages one after the other on this machine with submitit's
@@ -40,6 +42,8 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "launchers")
 from launchers.job import TrainJob  # noqa: E402
 from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
 from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
+from trainer.preflight import preflight, train_samples  # noqa: E402
+from trainer.schedule import Schedule, resolve_schedule  # noqa: E402
 
 DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
@@ -63,6 +67,7 @@ class Stage:
     run_dir: str
     mode: str
     after: str | None = None
+    schedule: Schedule | None = None  # resolved for the stage's world size (None: sample count unknown)
     job: object = field(default=None, repr=False)
 
     @property
@@ -80,6 +85,7 @@ class Stage:
 _FLAG_TO_LAUNCH = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node",
                    "cpus_per_task": "cpus_per_task", "partition": "partition", "time": "time_min",
                    "account": "account", "qos": "qos", "max_requeues": "max_requeues"}
+_SIZE_FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task")
 
 
 def split_overrides(items: list[str]) -> tuple[list[str], list[str], dict[str, list[str]]]:
@@ -98,51 +104,66 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str], dict[str, l
     return tasks, common, scoped
 
 
-def make_stage(name: str, config: str, overrides: list[str], flags: dict) -> Stage:
-    """Load and validate ``config`` + ``overrides`` (ConfigError names the key) -> Stage."""
+def make_stage(name: str, config: str, overrides: list[str], flags: dict, init_from_pending: bool = False) -> Stage:
+    """Load and validate ``config`` + ``overrides`` and check it against the shards and the file system
+    (trainer.preflight: splits, run.init_from - unless an earlier stage writes it -, weights, classes,
+    the global batch for this world size) -> Stage. Raises ConfigError naming the stage and the key."""
     cfg = load_config(config, overrides)
     launch = dataclasses.replace(cfg.launch, **{_FLAG_TO_LAUNCH[k]: v for k, v in flags.items() if v is not None})
     if launch.nodes < 1 or launch.gpus_per_node < 0 or launch.tasks_per_node < 0:
         raise ConfigError(f"{name}: launch.nodes must be >= 1 and gpus/tasks per node >= 0, got {launch}")
-    return Stage(name, config, list(overrides), launch, cfg.run.dir, cfg.run.mode)
+    stage = Stage(name, config, list(overrides), launch, cfg.run.dir, cfg.run.mode)
+    try:
+        samples = train_samples(cfg, preflight(cfg, init_from_pending=init_from_pending))
+        if samples and cfg.run.mode != "eval":
+            stage.schedule = resolve_schedule(cfg, samples, stage.world_size)
+    except ConfigError as e:
+        raise ConfigError(f"{name} ({config}): {e}") from None
+    return stage
 
 
 def plan(args) -> list[Stage]:
-    """The stages of ``args.stage`` with their overrides, resources and dependencies."""
+    """The stages of ``args.stage`` with their overrides, resources and dependencies, each checked
+    (trainer.preflight) before anything is submitted. Raises ConfigError / LaunchError."""
     tasks, common, scoped = split_overrides(args.items)
     flags = {k: getattr(args, k, None) for k in _FLAG_TO_LAUNCH}
+    config = args.config or DEFAULT_PRETRAIN
+    if args.stage == "pretrain" and tasks:
+        raise LaunchError(f"pretrain takes no tasks, got {tasks} (did you mean pipeline?)")
+    if args.stage == "pipeline":
+        tasks = tasks or load_config(config, common + scoped.get("pretrain", [])).launch.finetunes
+        if not tasks:
+            raise LaunchError(f"pipeline: no finetune tasks (give TASKs or set launch.finetunes in {config})")
+    elif args.stage == "finetune":
+        tasks = [args.config, *tasks] if args.config else tasks
+        if not tasks:
+            raise LaunchError(f"finetune needs at least one TASK; known: {', '.join(list_tasks())}")
+    names = (["pretrain"] if args.stage != "finetune" else []) + [task_name(t) for t in tasks]
+    if set(scoped) - set(names):
+        raise LaunchError(f"overrides for unknown stages {sorted(set(scoped) - set(names))}; stages are {names}")
+    configs = {}
+    for t in tasks:
+        try:
+            configs[t] = task_config(t)
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
     stages: list[Stage] = []
-    if args.stage in ("pretrain", "pipeline"):
-        config = args.config or DEFAULT_PRETRAIN
-        pre = make_stage("pretrain", config, common + scoped.pop("pretrain", []), flags)
+    if args.stage != "finetune":
+        pre = make_stage("pretrain", config, common + scoped.get("pretrain", []), flags)
         if pre.mode != "pretrain":
             raise ConfigError(f"{config}: run.mode is {pre.mode!r}; the pretrain stage needs run.mode=pretrain")
         stages.append(pre)
-        if args.stage == "pretrain" and tasks:
-            raise LaunchError(f"pretrain takes no tasks, got {tasks} (did you mean pipeline?)")
-        if args.stage == "pipeline":
-            tasks = tasks or load_config(config, pre.overrides).launch.finetunes
-            if not tasks:
-                raise LaunchError(f"pipeline: no finetune tasks (give TASKs or set launch.finetunes in {config})")
-    else:  # finetune
-        if args.config:
-            tasks = [args.config, *tasks]
-        if not tasks:
-            raise LaunchError(f"finetune needs at least one TASK; known: {', '.join(list_tasks())}")
     for t in tasks:
-        try:
-            config = task_config(t)
-        except ValueError as e:
-            raise LaunchError(str(e)) from None
-        name = task_name(t)
-        own = common + scoped.pop(name, [])
-        ft = make_stage(name, config, own, flags)
-        if args.stage == "pipeline" and ft.launch.init_from_pretrain:
-            ft = make_stage(name, config, own + [f"run.init_from={stages[0].run_dir}"], flags)
+        name, cfg_path = task_name(t), configs[t]
+        own = common + scoped.get(name, [])
+        ft_flags = {k: v for k, v in flags.items() if not (args.stage == "pipeline" and k in _SIZE_FLAGS)}
+        if args.stage == "pipeline" and load_config(cfg_path, own).launch.init_from_pretrain:
+            ft = make_stage(name, cfg_path, own + [f"run.init_from={stages[0].run_dir}"], ft_flags,
+                            init_from_pending=True)
             ft.after = "pretrain"
+        else:
+            ft = make_stage(name, cfg_path, own, ft_flags)
         stages.append(ft)
-    if scoped:
-        raise LaunchError(f"overrides for unknown stages {sorted(scoped)}; stages are {[s.name for s in stages]}")
     dirs = [s.run_dir for s in stages]
     if len(set(dirs)) != len(dirs):
         raise LaunchError(f"two stages share a run.dir: {dirs}; set NAME:run.dir=... for one of them")
@@ -202,6 +223,8 @@ def print_plan(stages: list[Stage], local: bool) -> None:
               f"partition {L.partition or '(default)'}, account {L.account or '-'}, qos {L.qos or '-'}, "
               f"max requeues {L.max_requeues}")
         print(f"    depends on: {dep}")
+        if s.schedule:
+            print(f"    schedule: {s.schedule.describe(s.world_size, load_config(s.config, s.overrides).data.batch_size)}")
         print(f"    each task runs: {trainer_command(s)}")
         if not local:
             ex = make_executor(s, local=False, dependency=dep if s.after else None)

@@ -240,16 +240,18 @@ class ChannelDropout(nn.Module):
         return x * mask / (1 - self.p)  # (B, L, D)
 
 
-def ssm_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def ssm_param_groups(model: nn.Module, lr: float, weight_decay: float, ssm_lr: float | None = None) -> list[dict]:
     """Optimizer groups: regular parameters (``lr``, ``weight_decay``; no decay on biases/norms) and
-    one group per distinct ``_optim`` tag (the SSM A, B, dt, P: their lr, weight decay 0).
-    Frozen parameters (requires_grad=False) are left out."""
+    one group per distinct ``_optim`` tag (the SSM A, B, dt, P: weight decay 0 and the tag's lr, or
+    ``ssm_lr`` for all of them when given - ViS4mer's public code: 1e-3). Frozen parameters
+    (requires_grad=False) are left out."""
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         tag = getattr(p, "_optim", None)
         if tag is not None:
+            tag = dict(tag, lr=ssm_lr) if ssm_lr is not None else tag
             key = tuple(sorted(tag.items()))
             g = groups.setdefault(key, {"params": [], **tag, "name": "ssm"})
         elif p.ndim <= 1:

@@ -28,7 +28,7 @@ from trainer.lifecycle import wait_gone
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["run.init_from=null", "model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64",
         "data.frames=4", "data.batch_size=4", "data.num_workers=1", "logging.every_steps=1",
-        "logging.progress_bar=false", "train.warmup_steps=2"]
+        "logging.progress_bar=false", "train.warmup_steps=2", "train.global_batch_size=0"]
 # A run must exit within this many seconds of writing results.json (trainer.run.EXIT_DEADLINE_S).
 EXIT_WITHIN_S = 30.0
 
@@ -146,3 +146,34 @@ def repack(src: Path, out: Path, layout: dict[str, list[int]], corrupt: set[int]
         m["splits"][split] = {**entry, "shards": names, "shard_samples": layout[split], "num_samples": pos}
     (out / "manifest.json").write_text(json.dumps(m))
     return out
+
+
+def stub_shards(out: Path, splits: dict[str, int], classes: list[str] | None = None,
+                task: str = "classification") -> Path:
+    """A make_shards output directory with only its manifest.json (what plan-time checks read)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": 1, "dataset": "stub", "classes": list(classes or []), "task": task,
+                "splits": {s: {"shards": [f"{s}-000000.tar"], "shard_samples": [n], "num_samples": n}
+                           for s, n in splits.items()}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def paper_stubs(root: Path) -> dict[str, list[str]]:
+    """Per stage of the Kinetics-600 pipeline, the overrides that point it at a stub manifest with the
+    config's own splits, classes and task, and at a (stub) ViT-L/16 weights directory."""
+    from launchers.tasks import task_config
+    from trainer.config import load_config
+    weights = root / "vit-l16"
+    weights.mkdir(parents=True, exist_ok=True)
+    pre = load_config(REPO / "configs" / "k600_pretrain.yaml")
+    out = {"pretrain": [f"pretrain:data.shards={stub_shards(root / 'k600', {'train': 4000, 'val': 300, 'test': 600})}"]}
+    for task in pre.launch.finetunes:
+        cfg = load_config(REPO / task_config(task))
+        n = cfg.model.num_classes
+        classes = [f"c{i}" for i in range(n)] if cfg.model.task != "regression" else []
+        d = stub_shards(root / task, {"train": 800, "val": 100, "test": 100}, classes, cfg.model.task)
+        out[task] = [f"{task}:data.shards={d}"]
+    out["common"] = [f"model.encoder_weights={weights}"]
+    return out
+

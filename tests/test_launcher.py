@@ -19,6 +19,7 @@ import pytest
 from launchers import submit
 from launchers.slurm_env import master_port, slurm_master_addr
 from tests.helpers import TINY as HELPER_TINY
+from tests.helpers import paper_stubs
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +35,27 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- plans
 
-def test_dry_run_k600_pretrain_on_4_nodes():
-    r = cli("--nodes", "4", "--dry-run", "pretrain")
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    return paper_stubs(tmp_path_factory.mktemp("paper_stubs"))
+
+
+def test_dry_run_k600_pretrain_on_4_nodes(stubs):
+    r = cli("--nodes", "4", "--dry-run", "pretrain", *stubs["common"], *stubs["pretrain"])
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "1 job(s)" in out and "config configs/k600_pretrain.yaml" in out
     assert "4 node(s) x 8 task(s) = world size 32" in out
+    # 4,600 unlabelled train+test clips, global batch 256 (= 8 x 32 ranks x 1)
+    assert "schedule: " in out and "global batch 256 = 8 clips x 32 ranks x 1 accumulation" in out
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "#SBATCH --time=4320"):
         assert line in out, line
     assert "srun --unbuffered" in out and "each task runs: trainer/main.py --config configs/k600_pretrain.yaml" in out
 
 
-def test_dry_run_pipeline_shows_dependent_finetunes():
-    r = cli("--nodes", "4", "pipeline", "--dry-run")
+def test_dry_run_pipeline_shows_dependent_finetunes(stubs):
+    r = cli("--nodes", "4", "pipeline", "--dry-run", *[o for v in stubs.values() for o in v])
     assert r.returncode == 0, r.stderr
     from trainer.config import load_config
     finetunes = load_config(REPO / "configs/k600_pretrain.yaml").launch.finetunes
@@ -58,13 +66,13 @@ def test_dry_run_pipeline_shows_dependent_finetunes():
     assert "config configs/lvu/relationship.yaml" in r.stdout
 
 
-def test_plan_scoped_overrides_and_baselines():
+def test_plan_scoped_overrides_and_baselines(demo_shards):
     args = submit.build_parser().parse_args(
-        ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", "train.max_steps=3",
+        ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}", "train.max_steps=3",
          "pretrain:train.max_steps=5", "demo_vis4mer:model.depth=1"])
     stages = {s.name: s for s in submit.plan(args)}
     assert list(stages) == ["pretrain", "demo", "demo_scratch", "demo_vis4mer"]
-    assert stages["pretrain"].overrides == ["train.max_steps=3", "train.max_steps=5"]
+    assert stages["pretrain"].overrides == [f"data.shards={demo_shards}", "train.max_steps=3", "train.max_steps=5"]
     assert stages["demo"].after == "pretrain" and "run.init_from=runs/demo/pretrain" in stages["demo"].overrides
     # the baselines never start from the pretraining run and do not wait for it
     for b in ("demo_scratch", "demo_vis4mer"):
@@ -80,8 +88,8 @@ def test_plan_scoped_overrides_and_baselines():
     (["pipeline", "nosuchstage:train.max_steps=3"], "unknown stages ['nosuchstage']"),
     (["finetune", "--config", "configs/demo_pretrain.yaml"], None),  # a pretraining config is not a finetune
 ])
-def test_bad_input_is_a_clear_error(args, message):
-    r = cli("--dry-run", *args)
+def test_bad_input_is_a_clear_error(args, message, demo_shards):
+    r = cli("--dry-run", *args, f"data.shards={demo_shards}")
     if message is None:
         assert r.returncode == 0  # finetune accepts any config path; the trainer runs its run.mode
         return
@@ -164,12 +172,14 @@ def test_slurm_pretrain_on_two_nodes_preempted_requeued_and_finished(slurm, demo
 
 def test_slurm_pipeline_finetune_waits_for_pretrain_and_starts_from_it(slurm, demo_shards, tmp_path):
     """`submit.py --nodes 2 pipeline`: the finetune job is held by Slurm (afterok) until pretraining
-    succeeded, then initialises from the pretraining checkpoint."""
+    succeeded, then initialises from the pretraining checkpoint. The flags size the pretraining job;
+    the finetune is sized by its own config, here changed with scoped overrides (demo:launch.*)."""
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     stages = _plan(*SLURM_FLAGS, "pipeline", "--config", "configs/demo_pretrain.yaml", "demo",
                    f"data.shards={demo_shards}", *TINY, "train.max_steps=4", "checkpoint.every_steps=100",
                    f"pretrain:run.dir={pre}", f"demo:run.dir={ft}", "demo:data.frames=4",
-                   "demo:train.eval_every_steps=2")
+                   "demo:train.eval_every_steps=2", "demo:launch.nodes=2", "demo:launch.tasks_per_node=1")
+    assert (stages[0].launch.nodes, stages[1].launch.nodes) == (2, 2)
     assert [s.name for s in stages] == ["pretrain", "demo"]
     cwd = os.getcwd()
     os.chdir(REPO)

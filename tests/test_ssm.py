@@ -145,6 +145,8 @@ def test_dt_clamped_and_param_groups():
     assert (groups["ssm"]["lr"], groups["ssm"]["weight_decay"]) == (1e-3, 0.0)
     assert groups["decay"]["weight_decay"] == 0.01 and id(k.C) in {id(p) for p in groups["decay"]["params"]}
     assert all(not p.is_complex() for p in layer.parameters()), "complex parameters are stored as real views"
+    over = {g["name"]: g for g in ssm_param_groups(layer, lr=5e-4, weight_decay=0.01, ssm_lr=2e-4)}  # train.ssm_lr
+    assert over["ssm"]["lr"] == 2e-4 and {id(p) for p in over["ssm"]["params"]} == ssm_ids
 
 
 def test_channel_dropout_drops_whole_channels():

@@ -1,12 +1,19 @@
 #!/usr/bin/env python
-"""Run the frozen frame encoder once over a split's shards (every evaluation window) and write the
-tokens as float16 to an FFCV ``.beton`` for ``data.backend=features`` training.
+"""Run the frozen frame encoder once over every split a config reads and write the tokens as
+float16 FFCV files, one ``<split>.beton`` per split in a directory, for ``data.backend=features``.
 
-    python tools/extract_features.py --config configs/demo_finetune.yaml --split train \
-        --out cache/demo_features/train.beton [section.key=value ...]
+    python tools/extract_features.py --config configs/lvu/genre.yaml --out cache/lvu_genre_features \
+        [--splits train,val,test] [--train-stride SECONDS] [section.key=value ...]
 
-Windows follow ``data.clip_seconds`` / ``data.eval_stride_seconds`` / ``data.frames``; frames are
-normalised with the encoder's mean/std. Encoding runs in bf16 on a GPU.
+then train with ``data.backend=features data.features=cache/lvu_genre_features``.
+
+* val / test: exactly the clips evaluation cuts (``data.eval_clip``: every ``data.clip_seconds``
+  window at ``data.eval_stride_seconds`` - LVU's 60 s / 1 s - or the centre / full clip), so the
+  feature path reports the video path's metrics;
+* train: windows of ``data.clip_seconds`` every ``--train-stride`` seconds (default: the window
+  length, i.e. non-overlapping), each a training example.
+
+Frames are normalised with the encoder's mean/std; encoding runs in bf16 on a GPU.
 """
 from __future__ import annotations
 
@@ -23,10 +30,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.clips import ClipSpec  # noqa: E402
-from data.features import write_feature_cache  # noqa: E402
+from data.features import feature_path, write_feature_cache  # noqa: E402
 from data.loader import VideoLoader  # noqa: E402
+from data.sources import read_manifest  # noqa: E402
 from models.encoders import create_encoder  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.evaluate import eval_clip_spec  # noqa: E402
+from trainer.preflight import splits_read  # noqa: E402
 
 
 def window_records(loader: VideoLoader, encoder, device: str):
@@ -41,29 +51,49 @@ def window_records(loader: VideoLoader, encoder, device: str):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--split", required=True)
-    ap.add_argument("--out", required=True, help="output .beton path")
+    ap.add_argument("--out", default=None, help="cache directory (default: the config's data.features)")
+    ap.add_argument("--splits", default=None, help="comma-separated (default: every split the config's run reads)")
+    ap.add_argument("--train-stride", type=float, default=None,
+                    help="seconds between training windows (default: data.clip_seconds, non-overlapping)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     a = ap.parse_args(argv)
-    cfg = load_config(a.config, a.overrides)
+    try:
+        cfg = load_config(a.config, a.overrides)
+    except ConfigError as e:
+        ap.exit(2, f"extract_features.py: error: {e}\n")
+    out = a.out or cfg.data.features
+    if not out:
+        ap.exit(2, "extract_features.py: error: give --out DIR (or set data.features in the config)\n")
+    d, task = cfg.data, cfg.model.task
+    splits = a.splits.split(",") if a.splits else list(dict.fromkeys(
+        p for v in splits_read(cfg).values() for p in v.split("+")))
+    num_classes = cfg.model.num_classes or len(read_manifest(d.shards).get("classes", []))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(device)
-    spec = ClipSpec(mode="windows", frames=cfg.data.frames, seconds=cfg.data.clip_seconds,
-                    stride=cfg.data.eval_stride_seconds)
-    loader = VideoLoader(cfg.data.shards, a.split, spec, batch_size=a.batch_size, image_size=cfg.data.image_size,
-                         mean=encoder.mean, std=encoder.std, num_workers=min(2, cfg.data.num_workers),
-                         task=cfg.model.task, num_classes=cfg.model.num_classes, finite=True)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    probe = torch.zeros(1, cfg.data.frames, 3, cfg.data.image_size, cfg.data.image_size, device=device)
+    probe = torch.zeros(1, d.frames, 3, d.image_size, d.image_size, device=device)
     tok_shape = encoder(probe)[0].shape[1:]  # (T*P, D)
-    task = cfg.model.task
     label_dtype = np.int64 if task == "classification" else np.float32
-    label_shape = (cfg.model.num_classes,) if task == "multilabel" else ()
-    records = tqdm(window_records(loader, encoder, device), desc=f"encoding {a.split}", unit="window")
-    n = write_feature_cache(records, a.out, tok_shape[0], tok_shape[1], label_shape, label_dtype)
-    videos = len(json.load(open(a.out + ".videos.json")))
-    print(f"{n} windows of {videos} videos -> {a.out} (tokens {tuple(tok_shape)} float16)")
+    label_shape = (num_classes,) if task == "multilabel" else ()
+    os.makedirs(out, exist_ok=True)
+    for split in splits:
+        if split == d.train_split:
+            stride = a.train_stride or d.clip_seconds
+            spec = ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride)
+        else:
+            spec = eval_clip_spec(d)
+        loader = VideoLoader(d.shards, split, spec, batch_size=a.batch_size, image_size=d.image_size,
+                             mean=encoder.mean, std=encoder.std, num_workers=min(2, d.num_workers), task=task,
+                             num_classes=num_classes, finite=True)
+        meta = {"split": split, "clips": spec.mode if spec.mode == "windows" else spec.val_clip, "frames": d.frames,
+                "clip_seconds": d.clip_seconds, "stride_seconds": spec.stride if spec.mode == "windows" else None,
+                "image_size": d.image_size, "encoder": cfg.model.encoder, "shards": d.shards}
+        records = tqdm(window_records(loader, encoder, device), desc=f"encoding {split}", unit="clip")
+        path = feature_path(out, split)
+        n = write_feature_cache(records, path, tok_shape[0], tok_shape[1], label_shape, label_dtype, meta=meta)
+        loader.close()
+        videos = len(json.load(open(path + ".videos.json")))
+        print(f"{split}: {n} clips of {videos} videos -> {path} (tokens {tuple(tok_shape)} float16)", flush=True)
     return 0
 
 

@@ -51,8 +51,7 @@ class DataConfig:
     batch_size: int = 8  # clips per rank per micro-step
     num_workers: int = 2
     image_size: int = 224  # pixels, square crop fed to the frame encoder
-    fps: float = 1.0  # frames per second sampled from the video
-    frames: int = 60  # T: frames per clip (finetune/eval)
+    frames: int = 60  # T: frames per clip (finetune/eval); the sampling rate is frames / clip_seconds
     clip_seconds: float = 60.0  # span of one clip/window, seconds
     eval_stride_seconds: float = 1.0  # LVU protocol: windows every 1 s
     eval_clip: Literal["center", "full", "windows"] = "center"
@@ -61,8 +60,7 @@ class DataConfig:
     short_frames: int = 4  # LSMCL short clip T_short
     short_seconds: float = 4.0  # S_short
     short_inside_long: bool = True  # place the short clip inside the long span
-    shuffle_buffer: int = 64
-    features: str | None = None  # FFCV .beton of frozen features (backend=features)
+    features: str | None = None  # directory of <split>.beton frozen features (backend=features)
 
 
 @dataclass
@@ -94,16 +92,18 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation."""
 
-    max_steps: int = 1000
+    epochs: float = 0.0  # passes over the train split; steps = ceil(epochs * samples / global batch); 0: max_steps
+    max_steps: int = 1000  # optimizer steps when epochs is 0
+    global_batch_size: int = 0  # clips per optimizer step over all ranks; 0 = data.batch_size x world size.
+    # Gradient accumulation = global_batch_size / (data.batch_size x world size): the same optimisation on 1 GPU or 32
     lr: float = 1e-3
-    ssm_lr: float = 1e-3  # A, B, dt group
+    ssm_lr: float = 1e-3  # the SSM parameters' group (A, B, dt, P): this lr, weight decay 0
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    grad_accum: int = 1
     precision: Literal["fp32", "bf16"] = "bf16"
     zero_stage: Literal[0, 1, 2, 3] = 2
-    eval_every_steps: int = 500
+    eval_every_steps: int = 500  # 0 = once per epoch
     max_nonfinite_steps: int = 10  # stop after this many NaN/inf losses in a row
     label_smoothing: float = 0.0
 
@@ -112,7 +112,7 @@ class TrainConfig:
 class CheckpointConfig:
     """Checkpointing; ``resume: auto`` = the latest valid checkpoint in ``run.dir``."""
 
-    every_steps: int = 500
+    every_steps: int = 500  # 0 = once per epoch
     keep_last: int = 3
     resume: str = "auto"  # "auto", "none" or a checkpoint directory
 
@@ -303,13 +303,20 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     positive = {
         "data.batch_size": cfg.data.batch_size, "data.frames": cfg.data.frames,
-        "data.image_size": cfg.data.image_size, "data.fps": cfg.data.fps,
-        "train.max_steps": cfg.train.max_steps, "train.grad_accum": cfg.train.grad_accum,
-        "checkpoint.every_steps": cfg.checkpoint.every_steps, "logging.every_steps": cfg.logging.every_steps,
+        "data.image_size": cfg.data.image_size, "data.clip_seconds": cfg.data.clip_seconds,
+        "logging.every_steps": cfg.logging.every_steps,
     }
+    if not cfg.train.epochs:
+        positive["train.max_steps"] = cfg.train.max_steps
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+    non_negative = {"train.epochs": cfg.train.epochs, "train.global_batch_size": cfg.train.global_batch_size,
+                    "train.eval_every_steps": cfg.train.eval_every_steps,
+                    "checkpoint.every_steps": cfg.checkpoint.every_steps, "train.warmup_steps": cfg.train.warmup_steps}
+    for key, v in non_negative.items():
+        if v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
     if not 0.0 < cfg.model.keep_ratio <= 1.0:
         raise ConfigError(f"model.keep_ratio: must be in (0, 1], got {cfg.model.keep_ratio}")
     if not 0.0 <= cfg.model.mask_ratio < 1.0:

@@ -57,6 +57,14 @@ def per_video_predictions(video_ids: list[str], scores: torch.Tensor, labels: to
     return rows
 
 
+def eval_clip_spec(d) -> ClipSpec:
+    """The clips evaluation cuts from each video, from the ``data`` config: every window of
+    ``clip_seconds`` at ``eval_stride_seconds`` (``eval_clip: windows``), or one centred / full clip."""
+    if d.eval_clip == "windows":
+        return ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=d.eval_stride_seconds)
+    return ClipSpec(mode="val", frames=d.frames, seconds=d.clip_seconds, val_clip=d.eval_clip)
+
+
 @torch.no_grad()
 def evaluate_split(trainer, split: str, details: bool = False):
     """Metrics of the model on ``split`` (every video once, aggregated over its clips), on every rank.
@@ -67,15 +75,13 @@ def evaluate_split(trainer, split: str, details: bool = False):
     """
     cfg = trainer.cfg
     d = cfg.data
-    mode = "windows" if d.eval_clip == "windows" else "val"
-    spec = ClipSpec(mode=mode, frames=d.frames, seconds=d.clip_seconds, stride=d.eval_stride_seconds,
-                    val_clip=d.eval_clip if d.eval_clip != "windows" else "center")
-    loader = build_loader("cpu", d.shards, split, spec, batch_size=d.batch_size, image_size=d.image_size,
-                          mean=trainer.encoder.mean, std=trainer.encoder.std, rank=trainer.rank, world=trainer.world,
-                          # decoded in this process: forking a worker per evaluation from the threaded
-                          # trainer once left the child blocked inside fork() (CI, 2026-11-22)
+    features = d.backend == "features"
+    loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d),
+                          batch_size=d.batch_size, image_size=d.image_size,
+                          mean=trainer.mean, std=trainer.std, rank=trainer.rank, world=trainer.world,
+                          # decoded in this process: no worker start-up per evaluation
                           seed=cfg.run.seed, num_workers=0, task=cfg.model.task,
-                          num_classes=trainer.num_classes, finite=True)
+                          num_classes=trainer.num_classes, finite=True, features=d.features)
     engine = trainer.engine
     engine.eval()
     ids, outs, labs = [], [], []
@@ -91,8 +97,7 @@ def evaluate_split(trainer, split: str, details: bool = False):
         real = batch is not None
         if real:
             dummy = batch
-        video = (batch or dummy or {"video": torch.zeros(1, d.frames, 3, d.image_size, d.image_size)})["video"]
-        out = engine(trainer.encode(video))
+        out = engine(trainer.tokens(batch or dummy or trainer.dummy_batch(), "video"))
         if real:
             ids += list(batch["video_id"])
             outs.append(out.float().cpu())

@@ -75,23 +75,33 @@ def plot_curves(run_dir: str) -> Path | None:
     return out
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], out: str | Path, title: str = "") -> Path:
-    """PNG of a (C, C) confusion matrix: rows = true class, columns = predicted, counts in cells."""
+def plot_confusion(matrix: list[list[int]], classes: list[str], out: str | Path, title: str = "",
+                   annotate_max: int = 30) -> Path:
+    """PNG of a (C, C) confusion matrix: rows = true class, columns = predicted. Counts are written in
+    the cells and classes named on the axes up to ``annotate_max`` classes; beyond that (COIN's 180,
+    Charades' 157) it is a heat map of at most 12 x 12 inches, drawn in about a second."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     c = len(matrix)
+    small = c <= annotate_max
     names = list(classes) if len(classes) == c else [str(i) for i in range(c)]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * c, 0.8 + 0.6 * c))
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(c):
-        for j in range(c):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
-                    color="white" if matrix[i][j] > max(map(max, matrix)) / 2 else "black")
-    ax.set_xticks(range(c), names, rotation=45, ha="right")
-    ax.set_yticks(range(c), names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    side = min(12.0, 1.0 + 0.7 * c) if small else 12.0
+    fig, ax = plt.subplots(figsize=(side, side * 0.85 if small else side))
+    im = ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    if small:
+        peak = max(map(max, matrix)) if c else 0
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                        color="white" if matrix[i][j] > peak / 2 else "black")
+        ax.set_xticks(range(c), names, rotation=45, ha="right")
+        ax.set_yticks(range(c), names)
+    else:
+        fig.colorbar(im, ax=ax, shrink=0.8, label="videos")
+    ax.set(xlabel="predicted" + ("" if small else " class id"), ylabel="true" + ("" if small else " class id"),
+           title=title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

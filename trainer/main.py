@@ -16,7 +16,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "trainer"):
     sys.path[0] = _REPO  # `python trainer/main.py`: import the packages, not trainer/'s modules
 
-from trainer.config import load_config  # noqa: E402
+from trainer.config import ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,8 +36,14 @@ def make_trainer(config: str, overrides: list[str]):
 
 
 def main(argv=None) -> int:
+    """Returns the exit code: 0, or 2 with one line on stderr for a configuration error (found before
+    the first step: a bad key or value, a missing split, weights file or run.init_from, ...)."""
     args = parse_args(argv)
-    return make_trainer(args.config, args.overrides).run()
+    try:
+        return make_trainer(args.config, args.overrides).run()
+    except ConfigError as e:
+        print(f"trainer/main.py: error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ evaluation, logs. ``Trainer.run`` reads top to bottom; helpers below it are smal
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
@@ -24,9 +23,11 @@ from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
 from trainer.checkpoint import load_best, load_checkpoint, resolve_resume, save_best, save_checkpoint
-from trainer.config import Config, ConfigError, save_config, to_dict
+from trainer.config import Config, save_config, to_dict
 from trainer.distributed import init_distributed
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
+from trainer.preflight import preflight
+from trainer.schedule import resolve_schedule, warmup_cosine
 from trainer.logs import MetricsLogger, console_line, plot_confusion, plot_curves
 
 # Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
@@ -78,15 +79,6 @@ def model_kwargs(cfg: Config) -> dict:
     return kw
 
 
-def warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine to 0 at ``total``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__),
@@ -120,6 +112,8 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
+        manifest = preflight(cfg)  # a missing split, weights file or class mismatch stops here, before any process group
+        self.classes = list(manifest.get("classes") or [])
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
         if dist.is_initialized():
@@ -143,19 +137,21 @@ class Trainer:
         if bf16_on_cpu:
             self.print("train.precision: bf16 requested but no GPU: training in fp32")
 
-        self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(self.device)
+        if cfg.data.backend == "features":  # cached tokens: no video decoding, no encoder
+            from data.features import feature_path
+            self.encoder, self.mean, self.std = None, (0.5,) * 3, (0.5,) * 3
+            meta = json.loads(Path(feature_path(cfg.data.features, cfg.data.train_split) + ".json").read_text())
+            self.token_shape = (meta["num_tokens"], meta["dim"])
+        else:
+            self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(self.device)
+            self.mean, self.std, self.token_shape = self.encoder.mean, self.encoder.std, (None, self.encoder.dim)
         self.loader = self.build_train_loader()
-        classes = self.loader.shards.classes
-        if (cfg.model.task == "classification" and classes and cfg.model.num_classes
-                and cfg.model.num_classes != len(classes)):
-            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the shards in {cfg.data.shards} have "
-                              f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); "
-                              f"set model.num_classes={len(classes)} or 0 (= from the manifest)")
-        self.num_classes = cfg.model.num_classes or len(classes) or 1
+        self.sched = S = resolve_schedule(cfg, self.loader.num_samples, self.world)
+        self.num_classes = cfg.model.num_classes or len(self.classes) or 1
         model = self.build_model()
-        optimizer = torch.optim.AdamW(ssm_param_groups(model, cfg.train.lr, cfg.train.weight_decay),
+        optimizer = torch.optim.AdamW(ssm_param_groups(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.ssm_lr),
                                       lr=cfg.train.lr, betas=(0.9, 0.999))
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.train.warmup_steps, cfg.train.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.train.warmup_steps, S.max_steps))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                                     config=self.deepspeed_config())
 
@@ -163,22 +159,24 @@ class Trainer:
         ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
         if ckpt is not None:
             step, state = load_checkpoint(self.engine, ckpt, self.rank, self.world)
-            self.loader.load_state_dict(state["loader"])
+            if cfg.run.mode != "eval":  # evaluation reads no training data: any backend may evaluate a checkpoint
+                self.loader.load_state_dict(state["loader"])
             nonfinite, best = state.get("nonfinite", 0), state.get("best")
             self.print(f"resumed from {ckpt} at step {step}")
         if cfg.run.mode == "eval":
             return self.finish(step, best, evaluate_only=True)
 
         self.print(f"{cfg.run.mode}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable "
-                   f"parameters, world {self.world}, ZeRO stage {cfg.train.zero_stage}, {len(self.loader)} steps/epoch")
+                   f"parameters, world {self.world}, ZeRO stage {cfg.train.zero_stage}; "
+                   f"{S.describe(self.world, cfg.data.batch_size)}")
         from tqdm import tqdm
-        bar = tqdm(total=cfg.train.max_steps, initial=step, disable=self.rank != 0 or not cfg.logging.progress_bar,
+        bar = tqdm(total=S.max_steps, initial=step, disable=self.rank != 0 or not cfg.logging.progress_bar,
                    dynamic_ncols=True)
         it = iter(self.loader)
         window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
-        while step < cfg.train.max_steps:
+        while step < S.max_steps:
             losses = []
-            for _ in range(cfg.train.grad_accum):  # micro-batches of one optimizer step
+            for _ in range(S.grad_accum):  # micro-batches of one optimizer step
                 t = time.perf_counter()
                 batch = next(it, None)
                 if batch is None:  # end of a virtual epoch: every rank reaches it at the same step
@@ -206,10 +204,10 @@ class Trainer:
             bar.update(1)
             window["loss"] += sum(losses) / len(losses)
             window["n"] += 1
-            if step % cfg.logging.every_steps == 0 or step == cfg.train.max_steps:
+            if step % cfg.logging.every_steps == 0 or step == S.max_steps:
                 self.log_train(step, window)
                 window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
-            if cfg.run.mode == "finetune" and step % cfg.train.eval_every_steps == 0 and step < cfg.train.max_steps:
+            if cfg.run.mode == "finetune" and step % S.eval_every == 0 and step < S.max_steps:
                 best = self.validate(step, best)
             self.stopped_by = self.sync_stop_reasons()
             if self.stopped_by:
@@ -217,7 +215,7 @@ class Trainer:
                 self.print(f"stopped ({', '.join(self.stopped_by)}): checkpoint saved at step {step}; exiting")
                 bar.close()
                 return self.shutdown(0)
-            if step % cfg.checkpoint.every_steps == 0 and step < cfg.train.max_steps:
+            if step % S.checkpoint_every == 0 and step < S.max_steps:
                 self.save(step, nonfinite, best)
         bar.close()
         self.save(step, nonfinite, best)
@@ -232,15 +230,15 @@ class Trainer:
                             short_inside_long=d.short_inside_long)
         else:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds)
-        return build_loader(d.backend if d.backend != "features" else "cpu", d.shards, d.train_split, spec,
-                            batch_size=d.batch_size, image_size=d.image_size, mean=self.encoder.mean,
-                            std=self.encoder.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
+        return build_loader(d.backend, d.shards, d.train_split, spec, features=d.features,
+                            batch_size=d.batch_size, image_size=d.image_size, mean=self.mean,
+                            std=self.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
                             num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes)
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         head_classes = 0 if cfg.run.mode == "pretrain" else (1 if cfg.model.task == "regression" else self.num_classes)
-        model = TokenModel(cfg.model.name, self.encoder.dim, cfg.model.width, head_classes, **model_kwargs(cfg))
+        model = TokenModel(cfg.model.name, self.token_shape[1], cfg.model.width, head_classes, **model_kwargs(cfg))
         if cfg.run.mode == "pretrain":
             return LSMCL(model, proj_dim=128, momentum=cfg.model.momentum, mask_ratio=cfg.model.mask_ratio,
                          temperature=cfg.model.contrastive_temperature)
@@ -269,10 +267,26 @@ class Trainer:
 
     def deepspeed_config(self) -> dict:
         t = self.cfg.train
-        return {"train_micro_batch_size_per_gpu": self.cfg.data.batch_size, "gradient_accumulation_steps": t.grad_accum,
+        return {"train_micro_batch_size_per_gpu": self.cfg.data.batch_size,
+                "gradient_accumulation_steps": self.sched.grad_accum,
                 "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
                 "bf16": {"enabled": t.precision == "bf16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False,
                 "zero_allow_untested_optimizer": True}
+
+    def tokens(self, batch: dict, key: str = "video") -> torch.Tensor:
+        """Decoder input (B, L, D) of a batch: its cached ``tokens`` (features backend), else the frozen
+        encoder's tokens of ``batch[key]`` (B, T, 3, S, S)."""
+        if "tokens" in batch:
+            tok = batch["tokens"].to(self.device, non_blocking=True)
+            return tok.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tok
+        return self.encode(batch[key])
+
+    def dummy_batch(self) -> dict:
+        """One all-zero input, for a rank that has run out of evaluation data while its peers have not."""
+        d = self.cfg.data
+        if self.encoder is None:
+            return {"tokens": torch.zeros(1, *self.token_shape)}
+        return {"video": torch.zeros(1, d.frames, 3, d.image_size, d.image_size)}
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.encoder(video.to(self.device, non_blocking=True))
@@ -282,7 +296,7 @@ class Trainer:
         if self.cfg.run.mode == "pretrain":  # long and short clips alternately query and key
             query = "short" if step % 2 == 0 else "long"
             return self.engine(self.encode(batch["long"]), self.encode(batch["short"]), query=query)
-        out = self.engine(self.encode(batch["video"]))
+        out = self.engine(self.tokens(batch, "video"))
         return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=2.0
                          if self.cfg.model.task == "multilabel" else None, label_smoothing=self.cfg.train.label_smoothing)
 
@@ -317,7 +331,7 @@ class Trainer:
              "grad_norm": float(gn) if gn is not None else float("nan"), "clips_per_s": w["clips"] / dt,
              "data_wait_pct": 100 * w["wait"] / dt, "peak_mem_gb": peak}
         self.log.log(step, "train", **m)
-        self.print(console_line(step, self.cfg.train.max_steps, m))
+        self.print(console_line(step, self.sched.max_steps, m))
 
     def save(self, step: int, nonfinite: int, best) -> None:
         state = {"loader": self.loader.state_dict(), "nonfinite": nonfinite, "best": best}
@@ -352,7 +366,7 @@ class Trainer:
                 load_best(self.engine, cfg.run.dir, best.get("tag", "state"), self.rank)
             test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
-            results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.loader.shards.classes,
+            results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.classes,
                            test_confusion=details.get("confusion"))
             if self.rank == 0:
                 with open(Path(cfg.run.dir) / f"predictions_{cfg.data.test_split}.jsonl", "w") as f:
@@ -364,13 +378,14 @@ class Trainer:
                 (Path(cfg.run.dir) / "metrics.jsonl").exists() else []
             train = [r for r in rows if r["split"] == "train"]
             results["train"] = {"first_loss": train[0]["loss"], "final_loss": train[-1]["loss"]} if train else {}
-            with open(Path(cfg.run.dir) / "results.json", "w") as f:
-                json.dump(results, f, indent=1)
             plot_curves(cfg.run.dir)
             if results.get("test_confusion"):
                 plot_confusion(results["test_confusion"], results["classes"],
                                Path(cfg.run.dir) / f"confusion_{cfg.data.test_split}.png",
                                f"{cfg.model.name}, {cfg.data.test_split} (top-1 {results['test'].get('top1', 0):.2f})")
+            tmp = Path(cfg.run.dir) / ".results.json.tmp"  # written last, atomically: the run's end
+            tmp.write_text(json.dumps(results, indent=1))
+            os.replace(tmp, Path(cfg.run.dir) / "results.json")
         return self.shutdown(0)
 
     def count_bad_samples(self) -> int:

@@ -1,0 +1,132 @@
+"""Checks that stop a misconfigured run before any training step and before any job is queued.
+
+:func:`preflight` reads only the config, the shards' ``manifest.json`` and the file system (no
+model, no process group), so ``trainer/main.py`` runs it before starting DeepSpeed and
+``launchers/submit.py`` runs it for every stage before submitting anything (``--dry-run``
+included). Each problem raises :class:`trainer.config.ConfigError` with one line naming the key
+and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trainer.config import Config, ConfigError
+
+
+def splits_read(cfg: Config) -> dict[str, str]:
+    """The shard splits a run reads, as {config key: split name} (``a+b`` is two splits)."""
+    d, mode = cfg.data, cfg.run.mode
+    if mode == "pretrain":
+        return {"data.train_split": d.train_split}
+    if mode == "eval":
+        return {"data.test_split": d.test_split}
+    return {"data.train_split": d.train_split, "data.val_split": d.val_split, "data.test_split": d.test_split}
+
+
+def _manifest(shards: str) -> dict | None:
+    """The manifest of a make_shards output directory or URL (None for a bare shard pattern)."""
+    if "://" in shards:
+        from data.sources import read_manifest
+        try:
+            return read_manifest(shards)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"data.shards: cannot read {shards.rstrip('/')}/manifest.json: {e}") from None
+    if os.path.isdir(shards):
+        path = Path(shards) / "manifest.json"
+        if not path.exists():
+            raise ConfigError(f"data.shards: {shards} has no manifest.json; point it at a tools/make_shards.py output")
+        return json.loads(path.read_text())
+    if not shards:
+        raise ConfigError("data.shards: empty; set data.shards=<a tools/make_shards.py output directory>")
+    if not any(c in shards for c in "{:") and not os.path.exists(shards):
+        raise ConfigError(f"data.shards: {shards} does not exist; run tools/make_shards.py first or fix the path")
+    return None
+
+
+def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
+    """Check ``cfg`` against the shards and the file system; returns the manifest (or {}).
+
+    ``init_from_pending``: ``run.init_from`` is written by an earlier stage of the same pipeline.
+
+    Raises:
+        ConfigError: a split the run reads is missing or empty; ``run.init_from``,
+            ``model.encoder_weights``, ``data.features`` or ``checkpoint.resume`` does not exist;
+            ``model.num_classes`` or ``model.task`` disagrees with the manifest.
+    """
+    d, m = cfg.data, cfg.model
+    manifest = _manifest(d.shards) or {}
+    splits = manifest.get("splits", {})
+    if manifest:
+        for key, value in splits_read(cfg).items():
+            for split in value.split("+"):
+                if split not in splits:
+                    carved = " (make_shards.py carves one from train: --val-fraction)" if key == "data.val_split" else ""
+                    raise ConfigError(
+                        f"{key}: split {split!r} is not in {d.shards}; its splits are {', '.join(sorted(splits))}. "
+                        f"Set {key}=<one of them> or re-shard with that split{carved}")
+                if not splits[split].get("num_samples"):
+                    raise ConfigError(f"{key}: split {split!r} of {d.shards} has no samples; re-run make_shards.py")
+        if cfg.run.mode != "pretrain":
+            _check_task(cfg, manifest)
+    if cfg.run.mode == "finetune" and cfg.run.init_from and not init_from_pending:
+        p = Path(cfg.run.init_from)
+        complete = (p / "meta.json").exists() or any((c / "meta.json").exists() for c in (p / "checkpoints").glob("step*"))
+        if not complete:
+            raise ConfigError(f"run.init_from: {p} holds no complete checkpoint (a pretraining run directory or one of "
+                              "its checkpoints/stepN); set run.init_from=null to train from scratch")
+    if m.encoder_weights and not Path(m.encoder_weights).exists():
+        raise ConfigError(f"model.encoder_weights: {m.encoder_weights} does not exist; give a local checkpoint of "
+                          f"{m.encoder}, or model.encoder_weights=null for the packaged default")
+    from models.encoders import ENCODERS
+    if m.encoder not in ENCODERS:
+        raise ConfigError(f"model.encoder: {m.encoder!r} not allowed; allowed values: {', '.join(ENCODERS)}")
+    if m.encoder != "efficientnet_lite0" and not m.encoder_weights:
+        raise ConfigError(f"model.encoder_weights: {m.encoder} needs a local checkpoint directory (nothing is "
+                          "downloaded at run time); or use model.encoder=efficientnet_lite0")
+    if d.backend == "features":
+        if cfg.run.mode == "pretrain":
+            raise ConfigError("data.backend: 'features' serves finetune and eval; LSMCL pretraining cuts long and short "
+                              "clips from the video each step: use data.backend=auto")
+        _check_features(cfg)
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "none") and not (Path(resume) / "meta.json").exists():
+        raise ConfigError(f"checkpoint.resume: {resume} is not a complete checkpoint (no meta.json); use auto or none")
+    return manifest
+
+
+def train_samples(cfg: Config, manifest: dict) -> int | None:
+    """Samples in the split(s) the run trains on, from the manifest (None when it has none)."""
+    splits = manifest.get("splits", {})
+    parts = cfg.data.train_split.split("+")
+    if not splits or any(p not in splits for p in parts):
+        return None
+    return sum(int(splits[p]["num_samples"]) for p in parts)
+
+
+def _check_task(cfg: Config, manifest: dict) -> None:
+    m = cfg.model
+    task, classes = manifest.get("task"), manifest.get("classes") or []
+    compatible = {"classification": {"classification", "multilabel"}, "multilabel": {"multilabel"},
+                  "regression": {"regression"}}
+    if task and m.task not in compatible.get(task, {m.task}):
+        raise ConfigError(f"model.task: {m.task!r}, but the shards in {cfg.data.shards} are a {task} dataset; "
+                          f"set model.task={task}")
+    if m.task in ("classification", "multilabel") and classes and m.num_classes and m.num_classes != len(classes):
+        raise ConfigError(f"model.num_classes: {m.num_classes}, but the shards in {cfg.data.shards} have "
+                          f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); "
+                          f"set model.num_classes={len(classes)} or 0 (= from the manifest)")
+
+
+def _check_features(cfg: Config) -> None:
+    from data.features import feature_path
+    if not cfg.data.features:
+        raise ConfigError("data.features: data.backend=features needs the cache directory written by "
+                          "tools/extract_features.py")
+    for key, split in splits_read(cfg).items():
+        for s in split.split("+"):
+            path = feature_path(cfg.data.features, s)
+            if not os.path.exists(path):
+                raise ConfigError(f"data.features: no cache for split {s!r} ({key}) at {path}; write it with "
+                                  f"python tools/extract_features.py --config ... (every split the run reads)")
