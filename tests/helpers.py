@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from trainer.lifecycle import wait_gone
+from trainer.lifecycle import proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["run.init_from=null", "model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64",
@@ -58,18 +58,27 @@ def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants now alive (from /proc), parents first."""
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
+        st = proc_stat(int(d.name)) if d.name.isdigit() else None
+        if st:
+            children.setdefault(st[1], []).append(int(d.name))
     out, todo = [], [root]
     while todo:
         pid = todo.pop(0)
         out.append(pid)
         todo += children.get(pid, [])
     return out
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Poll until none of ``pids`` is alive (a zombie counts as gone); returns those still alive."""
+    end = time.monotonic() + timeout
+    alive = list(pids)
+    while alive:
+        alive = [p for p in alive if (proc_stat(p) or ("Z",))[0] != "Z"]
+        if not alive or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+    return alive
 
 
 def kill_tree(pids: list[int], sig: int = signal.SIGKILL) -> None:

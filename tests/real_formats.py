@@ -14,8 +14,8 @@ must give (``expect``: samples per split, rejected count, classes).
 """
 from __future__ import annotations
 
+import csv
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,7 +147,6 @@ def build_kinetics(pool: list[Path], root: Path) -> dict:
     for split, rs in rows.items():
         path = root / f"{split}.csv"
         with open(path, "w", newline="") as f:
-            import csv
             w = csv.writer(f)
             if split == "test":
                 w.writerow(["youtube_id", "time_start", "time_end", "split"])
@@ -223,7 +222,6 @@ def charades_classes_txt(path: Path) -> None:
 def build_charades(pool: list[Path], root: Path) -> dict:
     """``Charades_v1_train.csv`` / ``Charades_v1_test.csv`` (quoted fields, ``actions`` with times,
     empty ``actions``, captions with commas), ``Charades_v1_classes.txt`` and ``Charades_v1_480/<id>.mp4``."""
-    import csv
     k = 0
     for split, n in (("train", 8), ("test", 3)):
         path = root / f"Charades_v1_{split}.csv"
@@ -258,7 +256,3 @@ def build(dataset: str, pool: list[Path], root: Path, lvu_task_dir: str | None =
     if dataset == "lvu":
         return build_lvu(lvu_task_dir, pool, root)
     return BUILDERS[dataset](pool, root)
-
-
-def count_files(root: Path) -> int:
-    return sum(len(f) for _, _, f in os.walk(root))

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (EXIT_WITHIN_S, REPO, TINY, finish, free_port, kill_tree, launch, process_tree,
-                           train_loss_rows, train_losses)
+from tests.helpers import (EXIT_WITHIN_S, REPO, finish, free_port, kill_tree, launch, process_tree, train_loss_rows,
+                           train_losses, wait_gone)
 from trainer.checkpoint import complete_checkpoints
-from trainer.lifecycle import wait_gone
 
-TINY = TINY + ["train.lr=3e-3", "train.ssm_lr=3e-3"]
+LR = ["train.lr=3e-3", "train.ssm_lr=3e-3"]  # on top of tests.helpers.TINY, which launch() adds
 
 
 def torchrun(run_dir: Path, shards: Path, *overrides: str, nproc: int = 2, **kw) -> subprocess.Popen:
-    return launch(run_dir, shards, *TINY, *overrides, nproc=nproc, **kw)
+    return launch(run_dir, shards, *LR, *overrides, nproc=nproc, **kw)
 
 
 def latest_step(run: Path) -> int:
@@ -209,7 +208,7 @@ def test_deepspeed_launcher_starts_two_cpu_ranks_and_leaves_no_shared_memory(dem
     for f in stale:
         f.write_bytes(bytes(range(256)) * 4096)
     try:
-        out = finish(launch(run, demo_shards, *TINY, "train.max_steps=2", "train.eval_every_steps=100",
+        out = finish(launch(run, demo_shards, *LR, "train.max_steps=2", "train.eval_every_steps=100",
                             "checkpoint.every_steps=100", launcher="deepspeed", port=port), run_dir=run)
         assert "deepspeed_shm_comm_op built successfully" in out
         info = json.loads((run / "run_info.json").read_text())

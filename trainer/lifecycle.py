@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -58,18 +57,25 @@ class ExitDeadline:
         log.debug(msg)
         faulthandler.dump_traceback_later(seconds, exit=True, file=self.stream)
 
-    def cancel(self) -> None:
-        faulthandler.cancel_dump_traceback_later()
-        self.armed_for = None
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of ``pid`` from /proc/<pid>/stat; None if the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)"
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
 
 
 def _parent_of(pid: int) -> int | None:
-    """Parent pid of ``pid`` from /proc (None if the process is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # fields after "(comm)": state, ppid, ...
+    st = proc_stat(pid)
+    return st[1] if st else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """True for a zombie (exited, not reaped yet) and for a process that is gone."""
+    st = proc_stat(pid)
+    return st is None or st[0] == "Z"
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -79,12 +85,11 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def launcher_chain(pid: int | None = None) -> list[tuple[int, int]]:
-    """The launcher processes above ``pid`` (default: this process) as ``(pid, its parent)`` pairs:
-    the parent; and when the parent is ``deepspeed.launcher.launch``, also the ``deepspeed`` runner
-    above it. Empty when the parent is init (nothing to watch)."""
-    pid = pid or os.getpid()
-    parent = _parent_of(pid)
+def launcher_chain() -> list[tuple[int, int]]:
+    """The launcher processes above this process as ``(pid, its parent)`` pairs: the parent; and when
+    the parent is ``deepspeed.launcher.launch``, also the ``deepspeed`` runner above it. Empty when
+    the parent is init (nothing to watch)."""
+    parent = _parent_of(os.getpid())
     if parent is None or parent <= 1:
         return []
     grand = _parent_of(parent)
@@ -150,22 +155,3 @@ def release_shm_names(rank: int) -> bool:
         return True
     except FileNotFoundError:
         return False
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Poll until none of ``pids`` exists (zombies count as gone); returns the ones still alive."""
-    end = time.monotonic() + timeout
-    alive = list(pids)
-    while alive:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
-        if not alive or time.monotonic() > end:
-            break
-        time.sleep(0.1)
-    return alive
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

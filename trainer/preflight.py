@@ -8,7 +8,6 @@ and the fix.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,17 +26,15 @@ def splits_read(cfg: Config) -> dict[str, str]:
 
 def _manifest(shards: str) -> dict | None:
     """The manifest of a make_shards output directory or URL (None for a bare shard pattern)."""
-    if "://" in shards:
+    if "://" in shards or os.path.isdir(shards):
         from data.sources import read_manifest
         try:
             return read_manifest(shards)
+        except FileNotFoundError as e:  # its message names data.shards and the fix
+            raise ConfigError(str(e)) from None
         except (OSError, ValueError) as e:
-            raise ConfigError(f"data.shards: cannot read {shards.rstrip('/')}/manifest.json: {e}") from None
-    if os.path.isdir(shards):
-        path = Path(shards) / "manifest.json"
-        if not path.exists():
-            raise ConfigError(f"data.shards: {shards} has no manifest.json; point it at a tools/make_shards.py output")
-        return json.loads(path.read_text())
+            raise ConfigError(f"data.shards: cannot read {shards.rstrip('/')}/manifest.json ({e}); point it at a "
+                              "tools/make_shards.py output") from None
     if not shards:
         raise ConfigError("data.shards: empty; set data.shards=<a tools/make_shards.py output directory>")
     if not any(c in shards for c in "{:") and not os.path.exists(shards):
