@@ -1,13 +1,19 @@
 """LSMCL: long-short masked contrastive learning (Wang et al., CVPR 2023, S5 poster).
 
-Short clips X_S and long clips X_L of the same videos; random token masking ``R_mask(x, eta)``;
-a query encoder f_q and a key encoder f_k updated by momentum; long and short clips alternately
-play query and key; InfoNCE over the batch with temperature rho (poster):
+Short clips X_S and long clips X_L of the same videos; random token masking ``R_mask(x, eta)`` on
+both branches, as the poster writes it: ``q = f_q(R_mask(x_S, eta))``, ``k = f_k(R_mask(x_L, eta))``
+(each branch draws its own mask); a query encoder f_q and a key encoder f_k; long and short clips
+alternately play query and key; InfoNCE over the batch with temperature rho (poster):
 
     L = sum_i -log( exp(q_i . k_i / rho) / (exp(q_i . k_i / rho) + sum_{j != i} exp(q_i . k_j / rho)) )
 
 (we average over the global batch instead of summing; negatives k_j come from every
 data-parallel rank).
+
+Momentum: the poster's update line reads ``f_q <- m f_q + (1 - m) f_k``; we update the key
+encoder from the query encoder, ``f_k <- m f_k + (1 - m) f_q``, as MoCo (He et al. 2020, eq. 2)
+does - only f_q receives gradients, so the poster's direction would never move f_k's weights
+toward anything learned.
 """
 from __future__ import annotations
 
@@ -74,7 +80,7 @@ class ProjectionHead(nn.Module):
 
 class LSMCL(nn.Module):
     """LSMCL pretraining wrapper around a token encoder with ``forward_features`` and ``out_dim``
-    (e.g. :class:`models.s5.S5`).
+    (e.g. :class:`models.s5.S5`). Both branches are masked with ratio ``mask_ratio`` (eta).
 
     forward(long (B, L_long, D), short (B, L_short, D), query) -> scalar loss, where ``query`` is
     ``"short"`` (short clips are queries, long clips keys), ``"long"``, or ``"both"`` (the mean of
@@ -98,7 +104,7 @@ class LSMCL(nn.Module):
 
     @torch.no_grad()
     def _k(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_k(self.encoder_k.forward_features(x))  # (B, E)
+        return self.proj_k(self.encoder_k.forward_features(random_token_mask(x, self.mask_ratio)))  # (B, E)
 
     def forward(self, long: torch.Tensor, short: torch.Tensor, query: str = "both") -> torch.Tensor:
         if query == "short":

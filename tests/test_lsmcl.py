@@ -54,6 +54,29 @@ def test_lsmcl_step_and_momentum():
         torch.testing.assert_close(a, 0.5 * b + 0.5 * q)
 
 
+def test_lsmcl_masks_both_branches_at_the_ratio():
+    """q = f_q(R_mask(x_S, eta)), k = f_k(R_mask(x_L, eta)): each encoder sees L - round(eta L) of its
+    branch's tokens, a subset of them in their original order, with its own random choice."""
+    torch.manual_seed(0)
+    model = LSMCL(S5(num_classes=0, d_model=8, depth=1, d_state=4, dropout=0.0), proj_dim=4, mask_ratio=0.75)
+    seen: dict[str, list[torch.Tensor]] = {"q": [], "k": []}
+    for name, enc in (("q", model.encoder_q), ("k", model.encoder_k)):
+        orig = enc.forward_features
+        enc.forward_features = (lambda x, grid=None, orig=orig, name=name: (seen[name].append(x), orig(x))[1])
+    # token i of sample b carries the value 1000 b + i in every channel: kept positions are readable
+    long = (torch.arange(40.0)[None, :, None] + 1000 * torch.arange(3.0)[:, None, None]).expand(3, 40, 8).clone()
+    short = long[:, :16].clone()
+    for query, q_len, k_len in (("short", 16 - 12, 40 - 30), ("long", 40 - 30, 16 - 12)):
+        seen["q"].clear(), seen["k"].clear()
+        model(long, short, query=query)
+        (q_in,), (k_in,) = seen["q"], seen["k"]
+        assert q_in.shape == (3, q_len, 8) and k_in.shape == (3, k_len, 8), query  # eta = 0.75 on each branch
+        for x in (q_in, k_in):
+            pos = x[..., 0] - 1000 * torch.arange(3.0)[:, None]  # (B, kept) original positions
+            assert torch.all(pos[:, 1:] > pos[:, :-1]) and torch.all(pos == pos.round())
+        assert not torch.equal(k_in[0, :, 0], k_in[1, :, 0] - 1000)  # a fresh mask per sample
+
+
 def _worker(rank: int, world: int, port: int, q: torch.Tensor, k: torch.Tensor, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
