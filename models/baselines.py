@@ -1,7 +1,10 @@
 """Baselines a user compares against.
 
-* LST - ViS4mer's design with self-attention instead of S4: :func:`make_lst` builds
-  :class:`models.vis4mer.ViS4mer` with ``mixer="attention"``.
+* LST, Performer, Orthoformer - ViS4mer's design with its S4 layers replaced by exact softmax
+  attention, FAVOR+ or Orthoformer attention (ViS4mer Table 3 / Table 4: "replacing the
+  state-space layers of the ViS4mer with the corresponding ... attention layers and keeping all
+  other settings the same"), with a sinusoidal positional encoding. ``lst_full`` forms the L x L
+  attention matrix as the paper's LST did (for memory comparisons).
 * VideoMamba-style classifier (Li et al. 2024, seeds/004): bidirectional Mamba blocks over the
   spatial-first flattened tokens (all tokens of frame 0, then frame 1, ...). The selective scan is
   the ``mamba-ssm`` CUDA kernel when that package is installed and the input is on a GPU, and the
@@ -15,10 +18,12 @@ from torch import nn
 from models.vis4mer import ViS4mer
 
 
-def make_lst(num_classes: int, d_model: int = 1024, depth: int = 3, dropout: float = 0.2, num_heads: int = 8,
-             pool: str = "avg1d") -> ViS4mer:
-    """LST: the ViS4mer decoder with ``F.scaled_dot_product_attention`` as the token mixer."""
-    return ViS4mer(num_classes, d_model, depth, dropout=dropout, mixer="attention", num_heads=num_heads, pool=pool)
+def make_attention_baseline(num_classes: int, mixer: str, d_model: int = 1024, depth: int = 3, dropout: float = 0.2,
+                            num_heads: int = 8, pool: str = "max_st", channel_scaling: bool = True, **mixer_kw) -> ViS4mer:
+    """The ViS4mer decoder with an attention token mixer (``"attention"``, ``"performer"``,
+    ``"orthoformer"``); ``mixer_kw``: num_features, num_landmarks, materialize."""
+    return ViS4mer(num_classes, d_model, depth, dropout=dropout, mixer=mixer, num_heads=num_heads, pool=pool,
+                   channel_scaling=channel_scaling, positional=True, **mixer_kw)
 
 
 def _mamba_cuda(d_model: int, d_state: int):
@@ -65,22 +70,23 @@ class BiMambaBlock(nn.Module):
 
 
 class VideoMambaClassifier(nn.Module):
-    """Tokens (B, T*N, D_in) in spatial-first order -> Linear(D_in, d_model) -> depth BiMamba
-    blocks -> LayerNorm -> mean over tokens -> head: (B, num_classes)."""
+    """Tokens (B, T*N, d_model) in spatial-first order -> depth BiMamba blocks -> LayerNorm ->
+    mean over tokens -> head: (B, num_classes). The tokens arrive at the model's width (the
+    trainer's input projection maps the encoder's width to d_model)."""
 
-    def __init__(self, num_classes: int, d_in: int = 1024, d_model: int = 192, depth: int = 4, d_state: int = 16):
+    def __init__(self, num_classes: int, d_model: int = 192, depth: int = 4, d_state: int = 16):
         super().__init__()
-        self.proj = nn.Linear(d_in, d_model)
         self.blocks = nn.ModuleList(BiMambaBlock(d_model, d_state) for _ in range(depth))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else nn.Identity()
-        self.out_dim = d_model
+        self.in_dim = self.out_dim = d_model
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.proj(x)  # (B, L, d_model)
+    def forward_features(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        """(B, L, d_model) -> (B, d_model); ``grid`` is not used (the order is spatial-first)."""
+        h = x  # (B, L, d_model)
         for blk in self.blocks:
             h = blk(h)
         return self.norm(h).mean(1)  # (B, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         return self.head(self.forward_features(x))  # (B, num_classes)

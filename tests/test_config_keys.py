@@ -1,12 +1,15 @@
 """Every config key does something: each field of the config dataclasses is read by code outside
 trainer/config.py (its validation does not count). Found by walking the syntax trees of the
-packages: ``<...>.section.key``, or ``x.key`` where ``x = <...>.section`` in the same function."""
+packages: ``<...>.section.key``, or ``x.key`` where ``x = <...>.section`` in the same function; the
+``model.*`` keys of ``models.factory.CONFIG_ARGS`` count too (tests/test_factory.py checks that
+each reaches a constructor argument)."""
 from __future__ import annotations
 
 import ast
 import dataclasses
 from pathlib import Path
 
+from models.factory import CONFIG_ARGS
 from trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,5 +50,6 @@ def test_every_config_key_is_read_by_code():
             if path == REPO / "trainer" / "config.py":
                 continue
             read |= _reads(ast.parse(path.read_text()), set(sections))
+    read |= {("model", k) for mapping in CONFIG_ARGS.values() for k in mapping}
     unread = sorted(f"{s}.{k}" for s, k in keys - read)
     assert not unread, f"config keys that no code reads (implement or remove them): {unread}"

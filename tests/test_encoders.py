@@ -61,16 +61,31 @@ def test_efficientnet_tokens_frozen(effnet):
 
 
 def test_vit_encoder_from_local_checkpoint(tmp_path):
+    """Tokens per frame as ViS4mer uses them, against transformers' own ViTModel output: the 4 x 4
+    patch grid (default), CLS only, CLS + patches, and per-frame spatial max-pooling (Table 3 sweep)."""
     from transformers import ViTConfig, ViTModel
     cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                    image_size=32, patch_size=16)
+                    image_size=64, patch_size=16)
     ref = ViTModel(cfg, add_pooling_layer=False).eval()
     ref.save_pretrained(tmp_path)
-    enc = create_encoder("vit_large_patch16_224_in21k", weights=str(tmp_path))
-    video = torch.randn(2, 3, 3, 32, 32)
-    tokens, grid = enc(video)
-    assert tokens.shape == (2, 3 * 5, 32) and grid is None  # CLS + 2x2 patches per frame
+    video = torch.randn(2, 3, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(tokens[:, :5], ref(pixel_values=video[:, 0]).last_hidden_state, rtol=1e-5, atol=1e-5)
+        h = ref(pixel_values=video.flatten(0, 1)).last_hidden_state.view(2, 3, 17, 32)  # (B, T, 1 + 4*4, D)
+    enc = create_encoder("vit_large_patch16_224_in21k", weights=str(tmp_path))
+    tokens, grid = enc(video)
+    assert tokens.shape == (2, 3 * 16, 32) and grid == (3, 4, 4)  # 16 patch tokens per frame, no CLS
+    torch.testing.assert_close(tokens, h[:, :, 1:].reshape(2, 48, 32), rtol=1e-5, atol=1e-5)
+    tokens, grid = create_encoder("vit", str(tmp_path), frame_tokens="cls")(video)
+    assert grid == (3, 1, 1)
+    torch.testing.assert_close(tokens, h[:, :, 0], rtol=1e-5, atol=1e-5)
+    tokens, grid = create_encoder("vit", str(tmp_path), frame_tokens="cls+patch")(video)
+    assert grid is None
+    torch.testing.assert_close(tokens, h.reshape(2, 51, 32), rtol=1e-5, atol=1e-5)
+    tokens, grid = create_encoder("vit", str(tmp_path), spatial_grid=2)(video)
+    pooled = h[:, :, 1:].reshape(2, 3, 2, 2, 2, 2, 32).amax(dim=(3, 5))  # (B, T, 2, [2], 2, [2], D): 2x2 blocks
+    assert grid == (3, 2, 2)
+    torch.testing.assert_close(tokens, pooled.reshape(2, 12, 32), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no CLS token"):
+        create_encoder("efficientnet_lite0", frame_tokens="cls")
     with pytest.raises(ValueError, match="encoder_weights"):
         ViTEncoder("")

@@ -14,13 +14,13 @@ from models.vis4mer import ViS4mer
 
 def test_registry_lists_and_builds_debug_flavours():
     names = list_models()
-    for n in ("vis4mer", "s5", "lst", "videomamba"):
+    for n in ("vis4mer", "s5", "lst", "lst_full", "performer", "orthoformer", "videomamba"):
         assert n in names and f"{n}_debug" in names
-    x = torch.randn(2, 40, 64)
     for n in names:
         if n.endswith("_debug"):
             m = create_model(n, num_classes=3)
-            assert m(x).shape == (2, 3), n
+            x = torch.randn(2, 10 * 2 * 2, m.in_dim)  # 10 frames x 2 x 2 patch tokens
+            assert m(x, grid=(10, 2, 2)).shape == (2, 3), n
     with pytest.raises(ValueError, match="allowed values: .*s5_debug"):
         create_model("s6")
 
@@ -28,7 +28,7 @@ def test_registry_lists_and_builds_debug_flavours():
 @torch.no_grad()
 def test_vis4mer_paper_shapes_avg1d_and_max_st():
     torch.manual_seed(0)
-    m = ViS4mer(num_classes=10, d_model=1024, depth=3, d_state=64, pool="avg1d").eval()
+    m = ViS4mer(num_classes=10, d_model=1024, depth=3, d_state=64, kernel="s4d", pool="avg1d").eval()
     x = torch.randn(1, 60 * 197, 1024)  # 60 frames x 197 ViT-L/16 tokens
     outs = m.decoder.forward_tokens(x)
     assert [tuple(o.shape) for o in outs] == [(1, 5910, 512), (1, 2955, 256), (1, 1477, 128)]
@@ -41,7 +41,7 @@ def test_vis4mer_paper_shapes_avg1d_and_max_st():
 
 
 def test_pooling_stops_at_one_token():
-    m = ViS4mer(num_classes=2, d_model=32, depth=3, d_state=4).eval()
+    m = ViS4mer(num_classes=2, d_model=32, depth=3, d_state=4, pool="avg1d").eval()
     assert [o.shape[1] for o in m.decoder.forward_tokens(torch.randn(1, 3, 32))] == [1, 1, 1]
 
 
@@ -104,7 +104,7 @@ def test_s5_momentum_update_matches_formula():
 def test_s5_keep_ratio_one_equals_vis4mer():
     torch.manual_seed(0)
     s5 = S5(num_classes=3, d_model=32, depth=3, d_state=8, dropout=0.0, keep_ratio=1.0).eval()
-    v = ViS4mer(num_classes=3, d_model=32, depth=3, d_state=8, dropout=0.0).eval()
+    v = ViS4mer(num_classes=3, d_model=32, depth=3, d_state=8, dropout=0.0, pool="avg1d").eval()
     v.load_state_dict(s5.backbone.state_dict())
     x = torch.randn(2, 64, 32)
     torch.testing.assert_close(s5(x), v(x), rtol=1e-6, atol=1e-6)
@@ -118,10 +118,10 @@ def test_lst_uses_attention_and_videomamba_is_bidirectional():
     assert type(lst.decoder.blocks[0].mixer).__name__ == "SelfAttention"
     x = torch.randn(1, 32, 64)
     x2 = x.clone()
-    x2[:, -1] += 1.0
+    x2[:, -1, 0] += 1.0  # one channel: a shift of every channel would vanish in the LayerNorm
     vm = create_model("videomamba_debug", num_classes=2).eval()
     blk = vm.blocks[0]
-    h, h2 = vm.proj(x), vm.proj(x2)
+    h, h2 = x[:, -4:, :32], x2[:, -4:, :32]  # 4 tokens at the model's width (32); the last one differs
     with torch.no_grad():
         assert not torch.allclose(blk(h)[:, 0], blk(h2)[:, 0])  # the first token sees the last one
         assert not torch.allclose(blk.fwd(h)[:, -1], blk.fwd(h2)[:, -1])
@@ -141,3 +141,89 @@ def test_task_losses_match_formulas():
     torch.testing.assert_close(task_loss("multilabel", logits, target, pos_weight=2.0), ref)
     with pytest.raises(ValueError, match="allowed values"):
         task_loss("ranking", logits, y)
+
+
+@torch.no_grad()
+def test_attention_baselines_see_token_order_through_positions():
+    """Without pooling, attention + token-wise MLP + mean is exactly permutation-invariant: the
+    positional encoding is the only source of order. LST, Performer and Orthoformer carry it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 64)
+    perm = torch.randperm(24)
+    for name in ("lst_debug", "lst_full_debug", "performer_debug", "orthoformer_debug"):
+        m = create_model(name, num_classes=3, pool="none").eval()
+        assert m.decoder.positional, name
+        assert not torch.allclose(m(x), m(x[:, perm]), atol=1e-4), name
+    bare = create_model("lst_debug", num_classes=3, pool="none").eval()
+    bare.decoder.positional = False
+    torch.testing.assert_close(bare(x), bare(x[:, perm]), rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_lst_full_materialises_the_same_attention_as_sdpa():
+    torch.manual_seed(0)
+    sdpa = create_model("lst_debug", num_classes=3).eval()
+    full = create_model("lst_full_debug", num_classes=3).eval()
+    full.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 10 * 4, 64)
+    torch.testing.assert_close(full(x, grid=(10, 2, 2)), sdpa(x, grid=(10, 2, 2)), rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_table5_switches_no_pooling_and_no_channel_scaling():
+    x, grid = torch.randn(1, 6 * 4 * 4, 64), (6, 4, 4)
+    shapes = lambda **kw: [tuple(o.shape[1:]) for o in ViS4mer(2, 64, 3, 8, **kw).decoder.forward_tokens(x, grid)]
+    assert shapes() == [(6 * 2 * 2, 32), (6, 16), (6, 8)]  # max_st 4x4 -> 2x2 -> 1x1 (then kept), width halved
+    assert shapes(pool="none") == [(96, 32), (96, 16), (96, 8)]
+    assert shapes(channel_scaling=False) == [(24, 64), (6, 64), (6, 64)]
+    assert shapes(pool="none", channel_scaling=False) == [(96, 64)] * 3
+
+
+def _exact_attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v  # (B, h, L, d)
+
+
+@torch.no_grad()
+def test_performer_estimates_softmax_attention_within_favor_error():
+    """FAVOR+ (Choromanski et al. 2021) is an unbiased Monte-Carlo estimate of the softmax kernel:
+    its error against exact attention shrinks like 1/sqrt(m) in the number of random features."""
+    from models.attention import PerformerAttention, SelfAttention
+    torch.manual_seed(0)
+    exact = SelfAttention(32, 2).eval()
+    x = torch.randn(4, 64, 32)
+    ref = exact(x)
+
+    def error(m: int) -> float:
+        errs = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            p = PerformerAttention(32, 2, num_features=m).eval()
+            p.load_state_dict(exact.state_dict(), strict=False)  # same q, k, v and output projections
+            errs.append(((p(x) - ref).norm() / ref.norm()).item())
+        return sum(errs) / len(errs)
+
+    e64, e4096 = error(64), error(4096)
+    assert e4096 < 0.1, e4096
+    assert e64 > 2.5 * e4096, (e64, e4096)  # 1/sqrt(m) would give 8x; the estimator's stabiliser costs some
+
+
+@torch.no_grad()
+def test_orthoformer_landmarks_and_exact_limit():
+    """Landmarks follow Algorithm 1 (checked against a plain loop); with every query a landmark and
+    orthogonal, large queries, softmax(Q P^T) is the identity and the result is exact attention."""
+    from models.attention import orthoformer, orthogonal_landmarks
+    torch.manual_seed(0)
+    q = torch.randn(3, 20, 8)
+    idx = orthogonal_landmarks(q, 6, first=torch.tensor([0, 5, 19]))
+    qn = F.normalize(q, dim=-1)
+    for b in range(3):
+        chosen = [int(idx[b, 0])]
+        while len(chosen) < 6:
+            score = {j: max(abs(float(qn[b, j] @ qn[b, c])) for c in chosen) for j in range(20) if j not in chosen}
+            chosen.append(min(score, key=score.get))
+        assert idx[b].tolist() == chosen
+    L = d = 16
+    q = (12.0 * torch.eye(L))[None, None].repeat(2, 1, 1, 1)  # (B, h, L, d) orthogonal queries, q.q / sqrt(d) = 36
+    k, v = torch.randn(2, 1, L, d), torch.randn(2, 1, L, d)
+    torch.testing.assert_close(orthoformer(q, k, v, L), _exact_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(orthoformer(q, k, v, 4), _exact_attention(q, k, v), atol=1e-2)  # m < L approximates

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import real_formats
 from tests.helpers import TINY, stub_shards
@@ -57,13 +58,17 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     assert "samples per split: " in r.stdout
 
     run = tmp_path / "run"
+    # the paper configs train S4 (NPLR); one trains the S4D flag, one ViS4mer with the paper's max_st pooling
+    variant = {"charades": ["model.kernel=s4d"], "lvu_relationship": ["model.name=vis4mer"]}.get(stage, [])
     if stage == "k600_pretrain":
         cmd = ["launchers/submit.py", "--local", *ONE_RANK, "pretrain"]
     else:
         cmd = ["launchers/submit.py", "--local", *ONE_RANK, "finetune", stage]
-    r = _run(cmd + [f"data.shards={shards}", f"run.dir={run}", *SMALL])
+    r = _run(cmd + [f"data.shards={shards}", f"run.dir={run}", *SMALL, *variant])
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     results = json.loads((run / "results.json").read_text())
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4") and resolved["frame_tokens"] == "patch"
     assert results["steps"] == 2
     if stage == "k600_pretrain":  # LSMCL on train+test: the unlabelled Kinetics test CSV is pretraining data
         assert results["mode"] == "pretrain" and results["train"]["final_loss"] > 0
@@ -98,6 +103,9 @@ def test_missing_split_is_caught_before_training_or_queueing(demo_shards, tmp_pa
     ("model.encoder_weights=/nonexistent/vit", "model.encoder_weights: /nonexistent/vit does not exist"),
     ("model.task=regression", "model.task: 'regression', but the shards in"),
     ("train.global_batch_size=12", "train.global_batch_size: 12 is not a multiple of data.batch_size x world size"),
+    ("model.pool=max_st", "model.pool: 'max_st' is not allowed for S5"),
+    ("model.frame_tokens=cls", "model.frame_tokens: efficientnet_lite0 has no CLS token"),
+    ("model.name=s6", "model.name: 's6' not allowed; allowed values:"),
 ])
 def test_bad_setting_is_one_clear_line_before_anything_runs(demo_shards, tmp_path, override, message):
     r = _run(["launchers/submit.py", "--dry-run", "finetune", "demo", f"data.shards={demo_shards}", override],

@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         p for v in splits_read(cfg).values() for p in v.split("+")))
     num_classes = cfg.model.num_classes or len(read_manifest(d.shards).get("classes", []))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(device)
+    encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights, cfg.model.frame_tokens,
+                             cfg.model.spatial_grid).to(device)
     probe = torch.zeros(1, d.frames, 3, d.image_size, d.image_size, device=device)
-    tok_shape = encoder(probe)[0].shape[1:]  # (T*P, D)
+    probe_tokens, grid = encoder(probe)
+    tok_shape = probe_tokens.shape[1:]  # (T*P, D)
     label_dtype = np.int64 if task == "classification" else np.float32
     label_shape = (num_classes,) if task == "multilabel" else ()
     os.makedirs(out, exist_ok=True)
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                              num_classes=num_classes, finite=True)
         meta = {"split": split, "clips": spec.mode if spec.mode == "windows" else spec.val_clip, "frames": d.frames,
                 "clip_seconds": d.clip_seconds, "stride_seconds": spec.stride if spec.mode == "windows" else None,
-                "image_size": d.image_size, "encoder": cfg.model.encoder, "shards": d.shards}
+                "image_size": d.image_size, "encoder": cfg.model.encoder, "shards": d.shards,
+                "frame_tokens": cfg.model.frame_tokens, "spatial_grid": cfg.model.spatial_grid,
+                "grid": list(grid) if grid else None}  # (T, H', W') of the tokens, for max_st pooling
         records = tqdm(window_records(loader, encoder, device), desc=f"encoding {split}", unit="clip")
         path = feature_path(out, split)
         n = write_feature_cache(records, path, tok_shape[0], tok_shape[1], label_shape, label_dtype, meta=meta)

@@ -72,12 +72,20 @@ class ModelConfig:
     encoder_weights: str | None = None  # local checkpoint path, None = packaged default
     num_classes: int = 0  # 0 = from the shards' manifest
     task: Literal["classification", "regression", "multilabel"] = "classification"
-    width: int = 1024  # decoder input channels
-    depth: int = 3
-    state_size: int = 64  # N, SSM state size
-    kernel: Literal["s4d", "s4"] = "s4d"
-    pool: Literal["avg1d", "max_st"] = "avg1d"
-    dropout: float = 0.2
+    # Encoder tokens per frame (ViS4mer section 4.3, Table 3 / Fig. 3): "patch" = the patch grid
+    # (ViT-L/16: 14 x 14 = 196), "cls" = the CLS token only (1; 60 frames -> 60 tokens),
+    # "cls+patch" = both (197, no grid: max_st pooling cannot run on it)
+    frame_tokens: Literal["patch", "cls", "cls+patch"] = "patch"
+    spatial_grid: int = 0  # >0: max-pool each frame's patch grid to s x s first (5: 1,500, 7: 2,940 tokens at 60 frames)
+    width: int | None = 1024  # decoder input channels; null = the registered flavour's
+    depth: int | None = 3
+    state_size: int | None = 64  # N, SSM state size
+    kernel: Literal["s4d", "s4"] | None = None  # S4 convolution kernel; null = the model's (s4: NPLR, as the paper)
+    pool: Literal["avg1d", "max_st", "none"] | None = None  # null = the model's (ViS4mer/LST: max_st; S5: avg1d)
+    channel_scaling: bool = True  # halve the width in each decoder block (ViS4mer Table 5 ablates both switches)
+    dropout: float | None = 0.2
+    num_features: int | None = None  # Performer: random features m per head; null = the flavour's (256)
+    num_landmarks: int | None = None  # Orthoformer: landmarks m per head; null = the flavour's (128)
     keep_ratio: float = 0.5  # S5: fraction of tokens kept by the mask generator
     mask_generator: Literal[
         "linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random"

@@ -97,7 +97,8 @@ def evaluate_split(trainer, split: str, details: bool = False):
         real = batch is not None
         if real:
             dummy = batch
-        out = engine(trainer.tokens(batch or dummy or trainer.dummy_batch(), "video"))
+        tokens = trainer.tokens(batch or dummy or trainer.dummy_batch(), "video")  # (B, L, D); sets trainer.grid
+        out = engine(tokens, grid=trainer.grid)
         if real:
             ids += list(batch["video_id"])
             outs.append(out.float().cpu())

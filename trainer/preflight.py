@@ -8,6 +8,7 @@ and the fix.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     Raises:
         ConfigError: a split the run reads is missing or empty; ``run.init_from``,
             ``model.encoder_weights``, ``data.features`` or ``checkpoint.resume`` does not exist;
-            ``model.num_classes`` or ``model.task`` disagrees with the manifest.
+            ``model.num_classes`` or ``model.task`` disagrees with the manifest; the model's
+            pooling cannot run on its tokens (see ``_check_model``).
     """
     d, m = cfg.data, cfg.model
     manifest = _manifest(d.shards) or {}
@@ -82,6 +84,7 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     if m.encoder != "efficientnet_lite0" and not m.encoder_weights:
         raise ConfigError(f"model.encoder_weights: {m.encoder} needs a local checkpoint directory (nothing is "
                           "downloaded at run time); or use model.encoder=efficientnet_lite0")
+    _check_model(cfg)
     if d.backend == "features":
         if cfg.run.mode == "pretrain":
             raise ConfigError("data.backend: 'features' serves finetune and eval; LSMCL pretraining cuts long and short "
@@ -116,6 +119,31 @@ def _check_task(cfg: Config, manifest: dict) -> None:
                           f"set model.num_classes={len(classes)} or 0 (= from the manifest)")
 
 
+def _check_model(cfg: Config) -> None:
+    """The model name, and token choices the decoder can run on: max_st pooling needs the tokens on
+    their (T, H', W') grid, which CLS + patch tokens, LSMCL's random masks and S5's selection lose."""
+    from models.encoders import ENCODERS
+    from models.registry import family_of
+    m = cfg.model
+    try:
+        family = family_of(m.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if "cls" in m.frame_tokens and not ENCODERS[m.encoder].has_cls:
+        raise ConfigError(f"model.frame_tokens: {m.encoder} has no CLS token; use frame_tokens=patch (with "
+                          "model.spatial_grid=1 for one token per frame)")
+    if family == "s5" and m.pool == "max_st":
+        raise ConfigError("model.pool: 'max_st' is not allowed for S5 (its selected tokens are no longer on a grid); "
+                          "allowed values: avg1d, none, null (= avg1d)")
+    pool = m.pool or {"s5": "avg1d", "videomamba": None}.get(family, "max_st")
+    if pool == "max_st" and m.frame_tokens == "cls+patch":
+        raise ConfigError(f"model.pool: max_st (the default of {m.name}) needs tokens on a grid; model.frame_tokens="
+                          "cls+patch has none. Use frame_tokens=patch or cls, or model.pool=avg1d")
+    if pool == "max_st" and cfg.run.mode == "pretrain":
+        raise ConfigError(f"model.pool: max_st (the default of {m.name}) cannot pretrain: LSMCL's random token masks "
+                          "remove the grid. Use model.pool=avg1d (or an S5 model)")
+
+
 def _check_features(cfg: Config) -> None:
     from data.features import feature_path
     if not cfg.data.features:
@@ -127,3 +155,8 @@ def _check_features(cfg: Config) -> None:
             if not os.path.exists(path):
                 raise ConfigError(f"data.features: no cache for split {s!r} ({key}) at {path}; write it with "
                                   f"python tools/extract_features.py --config ... (every split the run reads)")
+            meta = json.loads(Path(path + ".json").read_text()) if os.path.exists(path + ".json") else {}
+            for k in ("frame_tokens", "spatial_grid"):
+                if k in meta and meta[k] != getattr(cfg.model, k):
+                    raise ConfigError(f"model.{k}: {getattr(cfg.model, k)!r}, but the cache {path} holds "
+                                      f"{k}={meta[k]!r} tokens; re-extract or set model.{k}={meta[k]}")

@@ -17,8 +17,8 @@ from torch import nn
 
 from data import build_loader
 from data.clips import ClipSpec
-from models import create_model
 from models.encoders import create_encoder
+from models.factory import build_model
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
@@ -42,41 +42,6 @@ STOP_REASONS = tuple(s.name for s in STOP_SIGNALS) + (LAUNCHER_EXITED,)
 # launcher is gone; past them it dumps its thread stacks and exits 1 (trainer.lifecycle.ExitDeadline).
 EXIT_DEADLINE_S = 30.0
 ORPHAN_DEADLINE_S = 45.0
-
-
-class TokenModel(nn.Module):
-    """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model."""
-
-    def __init__(self, name: str, in_dim: int, width: int, num_classes: int, **kw):
-        super().__init__()
-        self.proj = nn.Linear(in_dim, width) if in_dim != width else nn.Identity()
-        self.backbone = create_model(name, num_classes=num_classes, d_model=width, **kw)
-        self.out_dim = self.backbone.out_dim
-
-    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(self.proj(tokens))  # (B, D_out)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.proj(tokens))  # (B, classes)
-
-    def update_momentum(self) -> None:
-        if hasattr(self.backbone, "update_momentum"):
-            self.backbone.update_momentum()
-
-
-def model_kwargs(cfg: Config) -> dict:
-    m = cfg.model
-    kw = dict(depth=m.depth, d_state=m.state_size, kernel=m.kernel, dropout=m.dropout)
-    if m.name.startswith("s5"):
-        kw.update(keep_ratio=m.keep_ratio, mask_generator=m.mask_generator, gumbel_temperature=m.gumbel_temperature,
-                  momentum=m.momentum)
-    elif m.name.startswith("vis4mer"):
-        kw.update(pool=m.pool)
-    elif m.name.startswith("lst"):
-        kw = dict(depth=m.depth, dropout=m.dropout)
-    elif m.name.startswith("videomamba"):
-        kw = dict(depth=m.depth, d_state=min(m.state_size, 16))
-    return kw
 
 
 def git_commit() -> str | None:
@@ -142,9 +107,12 @@ class Trainer:
             self.encoder, self.mean, self.std = None, (0.5,) * 3, (0.5,) * 3
             meta = json.loads(Path(feature_path(cfg.data.features, cfg.data.train_split) + ".json").read_text())
             self.token_shape = (meta["num_tokens"], meta["dim"])
+            self.grid = tuple(meta["grid"]) if meta.get("grid") else None
         else:
-            self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights).to(self.device)
+            self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights, cfg.model.frame_tokens,
+                                          cfg.model.spatial_grid).to(self.device)
             self.mean, self.std, self.token_shape = self.encoder.mean, self.encoder.std, (None, self.encoder.dim)
+            self.grid = None  # (T, H', W') of the tokens: set by encode()
         self.loader = self.build_train_loader()
         self.sched = S = resolve_schedule(cfg, self.loader.num_samples, self.world)
         self.num_classes = cfg.model.num_classes or len(self.classes) or 1
@@ -238,7 +206,7 @@ class Trainer:
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         head_classes = 0 if cfg.run.mode == "pretrain" else (1 if cfg.model.task == "regression" else self.num_classes)
-        model = TokenModel(cfg.model.name, self.token_shape[1], cfg.model.width, head_classes, **model_kwargs(cfg))
+        model = build_model(cfg.model, self.token_shape[1], head_classes)
         if cfg.run.mode == "pretrain":
             return LSMCL(model, proj_dim=128, momentum=cfg.model.momentum, mask_ratio=cfg.model.mask_ratio,
                          temperature=cfg.model.contrastive_temperature)
@@ -289,14 +257,14 @@ class Trainer:
         return {"video": torch.zeros(1, d.frames, 3, d.image_size, d.image_size)}
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        tokens, _ = self.encoder(video.to(self.device, non_blocking=True))
+        tokens, self.grid = self.encoder(video.to(self.device, non_blocking=True))  # (B, L, D), (T, H', W')
         return tokens.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tokens  # (B, L, D)
 
     def forward_loss(self, batch: dict, step: int) -> torch.Tensor:
         if self.cfg.run.mode == "pretrain":  # long and short clips alternately query and key
             query = "short" if step % 2 == 0 else "long"
             return self.engine(self.encode(batch["long"]), self.encode(batch["short"]), query=query)
-        out = self.engine(self.tokens(batch, "video"))
+        out = self.engine(self.tokens(batch, "video"), grid=self.grid)
         return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=2.0
                          if self.cfg.model.task == "multilabel" else None, label_smoothing=self.cfg.train.label_smoothing)
 

@@ -1,0 +1,79 @@
+"""Model assembly from a ``model`` config section: the one place that knows each architecture's
+arguments. The trainer calls :func:`build_model` and knows none of them.
+
+``CONFIG_ARGS[family]`` maps the config keys a family reads to its constructor's arguments; a key
+whose value is None is not passed, so the registered flavour's default applies (e.g.
+``model.pool: null`` = max_st for ViS4mer/LST, avg1d for S5). Keys a family does not read are
+listed by :func:`unused_keys` so a user learns that, e.g., ``model.keep_ratio`` does nothing for
+``vis4mer``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.registry import create_model, family_of
+
+_DECODER = {"width": "d_model", "depth": "depth", "dropout": "dropout", "pool": "pool",
+            "channel_scaling": "channel_scaling"}
+_S4 = {"state_size": "d_state", "kernel": "kernel"}
+CONFIG_ARGS: dict[str, dict[str, str]] = {
+    "vis4mer": {**_DECODER, **_S4},
+    "s5": {**_DECODER, **_S4, "keep_ratio": "keep_ratio", "mask_generator": "mask_generator",
+           "gumbel_temperature": "gumbel_temperature", "momentum": "momentum"},
+    "lst": dict(_DECODER),
+    "lst_full": dict(_DECODER),
+    "performer": {**_DECODER, "num_features": "num_features"},
+    "orthoformer": {**_DECODER, "num_landmarks": "num_landmarks"},
+    "videomamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
+}
+# model.* keys about the encoder, the task or pretraining: read by the trainer/LSMCL, not by a decoder
+NOT_DECODER_KEYS = {"name", "encoder", "encoder_weights", "num_classes", "task", "frame_tokens", "spatial_grid",
+                    "mask_ratio", "contrastive_temperature"}
+
+
+def model_args(model_cfg: Any) -> dict:
+    """Constructor keyword arguments of ``model_cfg.name`` from the config section (None values
+    left out). Raises ValueError for an unknown name."""
+    family = family_of(model_cfg.name)
+    return {arg: getattr(model_cfg, key) for key, arg in CONFIG_ARGS[family].items()
+            if getattr(model_cfg, key, None) is not None}
+
+
+def unused_keys(model_cfg: Any) -> list[str]:
+    """The ``model.*`` keys the chosen architecture does not read (for a warning)."""
+    read = set(CONFIG_ARGS[family_of(model_cfg.name)]) | NOT_DECODER_KEYS
+    return sorted(k for k in vars(model_cfg) if k not in read)
+
+
+class TokenModel(nn.Module):
+    """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model.
+
+    forward(tokens (B, L, D_enc), grid=(T, H', W') or None) -> (B, num_classes);
+    forward_features -> (B, D_out).
+    """
+
+    def __init__(self, name: str, in_dim: int, num_classes: int, **kwargs):
+        super().__init__()
+        self.backbone = create_model(name, num_classes=num_classes, **kwargs)
+        width = self.backbone.in_dim
+        self.proj = nn.Linear(in_dim, width) if in_dim != width else nn.Identity()
+        self.out_dim = self.backbone.out_dim
+
+    def forward_features(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
+        return self.backbone.forward_features(self.proj(tokens), grid)  # (B, D_out)
+
+    def forward(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
+        return self.backbone(self.proj(tokens), grid)  # (B, num_classes)
+
+    def update_momentum(self) -> None:
+        if hasattr(self.backbone, "update_momentum"):
+            self.backbone.update_momentum()
+
+
+def build_model(model_cfg: Any, in_dim: int, num_classes: int) -> TokenModel:
+    """The model of a ``model`` config section on top of a frozen encoder of width ``in_dim``;
+    ``num_classes`` 0 gives the (B, D_out) features (LSMCL pretraining)."""
+    return TokenModel(model_cfg.name, in_dim, num_classes, **model_args(model_cfg))
