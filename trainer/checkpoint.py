@@ -127,6 +127,19 @@ def prune_best(run_dir: str, keep: set[str | None]) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def consolidated_weights(root: str | os.PathLike, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 model state dict of DeepSpeed tag ``root/tag`` in one process, for any ZeRO
+    stage (ZeRO 1-3: gathered from the partitioned fp32 master weights by DeepSpeed's
+    ``zero_to_fp32``; stage 0: the module states file). Needs no process group."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    try:
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    except (FileNotFoundError, ValueError):  # stage 0: no ZeRO optimizer states
+        sd = torch.load(Path(root) / tag / "mp_rank_00_model_states.pt", weights_only=False,
+                        map_location="cpu")["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
 def resolve_resume(resume: str, run_dir: str) -> Path | None:
     """``auto``: the latest complete checkpoint in run_dir (None if there is none); ``none``: None;
     otherwise a checkpoint directory (must be complete)."""

@@ -22,7 +22,7 @@ from models.factory import build_model
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
-from trainer.checkpoint import load_best, load_checkpoint, resolve_resume, save_best, save_checkpoint
+from trainer.checkpoint import consolidated_weights, load_best, load_checkpoint, resolve_resume, save_best, save_checkpoint
 from trainer.config import Config, save_config, to_dict
 from trainer.distributed import init_distributed
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
@@ -216,14 +216,10 @@ class Trainer:
 
     def init_from(self, model: nn.Module, path: str) -> None:
         """Load the query encoder of a pretraining run (a run dir or a checkpoint dir); report keys."""
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         ckpt = resolve_resume("auto", path) if (Path(path) / "checkpoints").is_dir() else Path(path)
         if ckpt is None or not (ckpt / "meta.json").exists():
             raise FileNotFoundError(f"run.init_from: no complete checkpoint in {path}")
-        try:
-            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="state")
-        except (FileNotFoundError, ValueError):
-            sd = torch.load(ckpt / "state" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        sd = consolidated_weights(ckpt, "state")
         prefix = "encoder_q."
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         missing, unexpected = model.load_state_dict(sd, strict=False)

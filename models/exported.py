@@ -1,0 +1,86 @@
+"""A trained model in one safetensors file, usable without DeepSpeed: the decoder's fp32 weights,
+the resolved run config and the class names (``tools/export.py`` writes it).
+
+Loading rebuilds the decoder through :func:`models.factory.build_model` from the stored config,
+and the frozen frame encoder from its name (its weights are not stored: the packaged
+EfficientNet-Lite0, or a local ViT checkpoint given at load time or recorded in the config).
+
+    model = load_exported("model.safetensors")
+    logits = model(video)          # video (B, T, 3, S, S) normalised with model.encoder.mean/std
+    model.classes, model.config    # class names; the run's resolved config (dict)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from models.encoders import create_encoder
+from models.factory import build_model
+
+FORMAT = "s5video-export/1"
+
+
+def head_classes(config: dict, classes: list[str]) -> int:
+    """Outputs of the head of a finetuned model: 1 for regression, else the class count (0 for a
+    pretraining run: (B, D_out) features)."""
+    if config["run"]["mode"] == "pretrain":
+        return 0
+    if config["model"]["task"] == "regression":
+        return 1
+    return config["model"].get("num_classes") or len(classes)
+
+
+def save_exported(path: str | Path, weights: dict[str, torch.Tensor], config: dict, classes: list[str],
+                  **info: str) -> None:
+    """Write ``weights`` (the decoder's state dict) with the config and class names as metadata."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    meta = {"format": FORMAT, "config": json.dumps(config), "classes": json.dumps(classes),
+            **{k: str(v) for k, v in info.items()}}
+    save_file(tensors, str(path), metadata=meta)
+
+
+class ExportedModel(nn.Module):
+    """Frozen encoder + decoder of an exported run. forward(video (B, T, 3, S, S)) -> (B, C) logits
+    (B, 1 for regression); ``decode(tokens (B, L, D), grid)`` runs the decoder alone."""
+
+    def __init__(self, decoder: nn.Module, encoder: nn.Module, config: dict, classes: list[str], info: dict):
+        super().__init__()
+        self.decoder, self.encoder = decoder.eval(), encoder
+        self.config, self.classes, self.info = config, classes, info
+        self.task = config["model"]["task"]
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
+        return self.decoder(tokens, grid=grid)  # (B, C)
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        tokens, grid = self.encoder(video)  # (B, L, D), (T, H', W')
+        return self.decode(tokens, grid)
+
+
+def load_exported(path: str | Path, encoder_weights: str | None = None, device: str | torch.device = "cpu"
+                  ) -> ExportedModel:
+    """Rebuild an exported model on ``device``. ``encoder_weights`` overrides the config's local
+    encoder checkpoint. Raises ValueError for a file that is not an s5video export."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an s5video export (format {meta.get('format')!r}, expected {FORMAT!r}); "
+                         "write one with tools/export.py RUN_DIR --out FILE")
+    config, classes = json.loads(meta["config"]), json.loads(meta["classes"])
+    m = config["model"]
+    weights = load_file(str(path))
+    encoder = create_encoder(m["encoder"], encoder_weights or m.get("encoder_weights"), m.get("frame_tokens", "patch"),
+                             m.get("spatial_grid", 0))
+    decoder = build_model(SimpleNamespace(**m), encoder.dim, head_classes(config, classes))
+    decoder.load_state_dict(weights)  # strict: every tensor of the run, nothing else
+    info = {k: v for k, v in meta.items() if k not in ("config", "classes")}
+    return ExportedModel(decoder, encoder, config, classes, info).to(device)
