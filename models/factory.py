@@ -3,9 +3,8 @@ arguments. The trainer calls :func:`build_model` and knows none of them.
 
 ``CONFIG_ARGS[family]`` maps the config keys a family reads to its constructor's arguments; a key
 whose value is None is not passed, so the registered flavour's default applies (e.g.
-``model.pool: null`` = max_st for ViS4mer/LST, avg1d for S5). Keys a family does not read are
-listed by :func:`unused_keys` so a user learns that, e.g., ``model.keep_ratio`` does nothing for
-``vis4mer``.
+``model.pool: null`` = max_st for ViS4mer/LST, avg1d for S5). A key a family does not map is not
+read for it (e.g. ``model.keep_ratio`` for ``vis4mer``).
 """
 from __future__ import annotations
 
@@ -29,9 +28,6 @@ CONFIG_ARGS: dict[str, dict[str, str]] = {
     "orthoformer": {**_DECODER, "num_landmarks": "num_landmarks"},
     "videomamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
 }
-# model.* keys about the encoder, the task or pretraining: read by the trainer/LSMCL, not by a decoder
-NOT_DECODER_KEYS = {"name", "encoder", "encoder_weights", "num_classes", "task", "frame_tokens", "spatial_grid",
-                    "mask_ratio", "contrastive_temperature"}
 
 
 def model_args(model_cfg: Any) -> dict:
@@ -40,12 +36,6 @@ def model_args(model_cfg: Any) -> dict:
     family = family_of(model_cfg.name)
     return {arg: getattr(model_cfg, key) for key, arg in CONFIG_ARGS[family].items()
             if getattr(model_cfg, key, None) is not None}
-
-
-def unused_keys(model_cfg: Any) -> list[str]:
-    """The ``model.*`` keys the chosen architecture does not read (for a warning)."""
-    read = set(CONFIG_ARGS[family_of(model_cfg.name)]) | NOT_DECODER_KEYS
-    return sorted(k for k in vars(model_cfg) if k not in read)
 
 
 class TokenModel(nn.Module):
