@@ -129,14 +129,20 @@ def prune_best(run_dir: str, keep: set[str | None]) -> None:
 
 def consolidated_weights(root: str | os.PathLike, tag: str) -> dict[str, torch.Tensor]:
     """The full fp32 model state dict of DeepSpeed tag ``root/tag`` in one process, for any ZeRO
-    stage (ZeRO 1-3: gathered from the partitioned fp32 master weights by DeepSpeed's
-    ``zero_to_fp32``; stage 0: the module states file). Needs no process group."""
+    stage: the module states file (every parameter, frozen ones and buffers included; under ZeRO-3
+    only empty placeholders, which are dropped), overlaid with the fp32 weights DeepSpeed's
+    ``zero_to_fp32`` gathers from the partitions (ZeRO 1-3; frozen parameters where DeepSpeed
+    recorded them). Needs no process group."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    files = sorted((Path(root) / tag).glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: zero_pp_rank_0_mp_rank_00_...
+    if not files:
+        raise FileNotFoundError(f"{Path(root) / tag}: no DeepSpeed model states file")
+    states = torch.load(files[0], weights_only=False, map_location="cpu")
+    sd = {k: v for k, v in states["module"].items() if v.numel() > 0}
     try:
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    except (FileNotFoundError, ValueError):  # stage 0: no ZeRO optimizer states
-        sd = torch.load(Path(root) / tag / "mp_rank_00_model_states.pt", weights_only=False,
-                        map_location="cpu")["module"]
+        sd.update(get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag))
+    except (FileNotFoundError, ValueError):  # stage 0: no ZeRO optimizer states, the module states are all
+        pass
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
