@@ -97,7 +97,7 @@ def evaluate_split(trainer, split: str, details: bool = False):
         real = batch is not None
         if real:
             dummy = batch
-        tokens = trainer.tokens(batch or dummy or trainer.dummy_batch(), "video")  # (B, L, D); sets trainer.grid
+        tokens = trainer.tokens(batch or dummy or trainer.dummy_batch(), "video")  # (B, L, D); video path: sets trainer.grid
         out = engine(tokens, grid=trainer.grid)
         if real:
             ids += list(batch["video_id"])
