@@ -19,19 +19,9 @@ import torch
 from torch import nn
 
 from models.encoders import create_encoder
-from models.factory import build_model
+from models.factory import build_model, head_classes
 
 FORMAT = "s5video-export/1"
-
-
-def head_classes(config: dict, classes: list[str]) -> int:
-    """Outputs of the head of a finetuned model: 1 for regression, else the class count (0 for a
-    pretraining run: (B, D_out) features)."""
-    if config["run"]["mode"] == "pretrain":
-        return 0
-    if config["model"]["task"] == "regression":
-        return 1
-    return config["model"].get("num_classes") or len(classes)
 
 
 def save_exported(path: str | Path, weights: dict[str, torch.Tensor], config: dict, classes: list[str],
@@ -80,7 +70,8 @@ def load_exported(path: str | Path, encoder_weights: str | None = None, device: 
     weights = load_file(str(path))
     encoder = create_encoder(m["encoder"], encoder_weights or m.get("encoder_weights"), m.get("frame_tokens", "patch"),
                              m.get("spatial_grid", 0))
-    decoder = build_model(SimpleNamespace(**m), encoder.dim, head_classes(config, classes))
+    decoder = build_model(SimpleNamespace(**m), encoder.dim,
+                          head_classes(config["run"]["mode"], m["task"], m.get("num_classes", 0), classes))
     decoder.load_state_dict(weights)  # strict: every tensor of the run, nothing else
     info = {k: v for k, v in meta.items() if k not in ("config", "classes")}
     return ExportedModel(decoder, encoder, config, classes, info).to(device)

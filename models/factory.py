@@ -38,6 +38,16 @@ def model_args(model_cfg: Any) -> dict:
             if getattr(model_cfg, key, None) is not None}
 
 
+def head_classes(mode: str, task: str, num_classes: int, classes: list[str]) -> int:
+    """Outputs of the model's head: 0 for pretraining ((B, D_out) features), 1 for regression,
+    else ``num_classes`` (0 = the class names' count, at least 1)."""
+    if mode == "pretrain":
+        return 0
+    if task == "regression":
+        return 1
+    return num_classes or len(classes) or 1
+
+
 class TokenModel(nn.Module):
     """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model.
 

@@ -18,7 +18,7 @@ from torch import nn
 from data import build_loader
 from data.clips import ClipSpec
 from models.encoders import create_encoder
-from models.factory import build_model
+from models.factory import build_model, head_classes
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
@@ -205,8 +205,8 @@ class Trainer:
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
-        head_classes = 0 if cfg.run.mode == "pretrain" else (1 if cfg.model.task == "regression" else self.num_classes)
-        model = build_model(cfg.model, self.token_shape[1], head_classes)
+        model = build_model(cfg.model, self.token_shape[1],
+                            head_classes(cfg.run.mode, cfg.model.task, cfg.model.num_classes, self.classes))
         if cfg.run.mode == "pretrain":
             return LSMCL(model, proj_dim=128, momentum=cfg.model.momentum, mask_ratio=cfg.model.mask_ratio,
                          temperature=cfg.model.contrastive_temperature)
