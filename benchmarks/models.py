@@ -4,9 +4,12 @@
 One step = forward + backward + AdamW step on random tokens (B, L, width) on the paper's (60, s, s)
 grid (60 frames; s = 1, 5, 7, 14 for 60 / 1,500 / 2,940 / 11,760 tokens), so ViS4mer and LST use the
 paper's max_st pooling; S5 pools its kept tokens with avg1d. Every (model, tokens)
-pair runs in a fresh process so peak memory is its own: CUDA ``max_memory_allocated`` on a GPU,
-the growth of the process's max RSS on CPU. Prints JSON lines
-``{"model", "tokens", "width", "samples_per_s", "peak_mem_mb"}`` and a table with ratios vs LST.
+pair runs in a fresh process. ``peak_mem_mb`` is the peak of live tensor memory during a training
+step (parameters, optimizer state, input, activations, gradients, temporaries): CUDA
+``max_memory_allocated`` on a GPU; on CPU the same quantity from the profiler's allocation events
+over one extra step. ``peak_rss_mb`` (CPU) is the growth of the process's max RSS, which adds what
+glibc malloc keeps of freed blocks and the FFT/BLAS libraries' own buffers. Prints JSON lines
+``{"model", "tokens", "width", "samples_per_s", "peak_mem_mb", ...}`` and a table with ratios vs LST.
 
     python benchmarks/models.py --device cpu [--width 128] [--json]
     python benchmarks/models.py --device cuda            # paper dims: width 1024, bf16 autocast
@@ -73,12 +76,35 @@ def one(model: str, tokens: int, width: int, batch: int, device: str, min_second
         n += 1
     sync()
     dt = time.perf_counter() - t0
+    extra = {}
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+        extra["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1)
+        peak = _cpu_step_peak_mb(step, [*m.parameters(), *_state_tensors(opt), x, y])
     return {"model": model, "tokens": tokens, "width": width, "batch": batch, "device": device,
-            "samples_per_s": round(batch * n / dt, 3), "peak_mem_mb": round(peak, 1), **model_kw}
+            "samples_per_s": round(batch * n / dt, 3), "peak_mem_mb": round(peak, 1), **extra, **model_kw}
+
+
+def _state_tensors(opt) -> list:
+    return [t for st in opt.state.values() for t in st.values() if hasattr(t, "nbytes")]
+
+
+def _cpu_step_peak_mb(step, resident: list) -> float:
+    """Peak live tensor memory (MB) of one ``step()`` on CPU: the tensors alive before it
+    (``resident``: parameters, optimizer state, input) plus the highest running sum of the
+    allocator's allocation/free events recorded by the profiler during the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = top = 0
+    for e in events:
+        cur += e.nbytes()
+        top = max(top, cur)
+    return (sum(t.nbytes for t in resident) + top) / 2**20
 
 
 def measure(model: str, tokens: int, width: int, batch: int, device: str, min_seconds: float, **model_kw) -> dict:
@@ -118,7 +144,8 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not a.json:
-        print(f"\n{'tokens':>7} {'model':<8} {'samples/s':>10} {'peak MB':>9} {'speed vs LST':>13} {'memory LST/x':>13}")
+        print(f"\n{'tokens':>7} {'model':<8} {'samples/s':>10} {'peak MB':>9} {'speed vs LST':>13} {'memory LST/x':>13}"
+              f" {'RSS MB':>8}")
         for tokens in a.tokens:
             lst = next((r for r in rows if r["model"] == "lst" and r["tokens"] == tokens and "error" not in r), None)
             for r in (r for r in rows if r["tokens"] == tokens):
@@ -128,7 +155,7 @@ def main() -> int:
                 sp = r["samples_per_s"] / lst["samples_per_s"] if lst else float("nan")
                 mem = lst["peak_mem_mb"] / max(r["peak_mem_mb"], 1e-3) if lst else float("nan")
                 print(f"{tokens:>7} {r['model']:<8} {r['samples_per_s']:>10.2f} {r['peak_mem_mb']:>9.1f} "
-                      f"{sp:>12.2f}x {mem:>12.2f}x")
+                      f"{sp:>12.2f}x {mem:>12.2f}x {r.get('peak_rss_mb', float('nan')):>8.1f}")
     return 0
 
 

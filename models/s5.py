@@ -17,6 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.vis4mer import ViS4mer
 
@@ -39,6 +40,13 @@ def gumbel_topk(logits: torch.Tensor, k: int, tau: float = 1.0, noise: bool = Tr
     idx = torch.topk(y_soft, k, dim=-1).indices.sort(dim=-1).values  # (B, k) in temporal order
     hard = torch.zeros_like(y_soft).scatter_(-1, idx, 1.0)  # (B, L)
     return hard + (y_soft - y_soft.detach()), idx  # straight-through: value = hard
+
+
+def _gather_masked(x: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """gather(x (x) mask) = gather(x) (x) gather(mask): x (B, L, D), mask (B, L), idx (B, k) -> (B, k, D),
+    without forming the (B, L, D) product."""
+    kept = torch.gather(x, 1, idx[..., None].expand(*idx.shape, x.shape[-1]))  # (B, k, D)
+    return kept * torch.gather(mask, 1, idx).to(x.dtype)[..., None]  # (B, k, D)
 
 
 class MaskGenerator(nn.Module):
@@ -102,8 +110,17 @@ class S5(nn.Module):
         if self.s4_hat is not None:
             for p in self.s4_hat.parameters():
                 p.requires_grad_(False)
+            self.s4_hat.eval()
         self.in_dim, self.out_dim = d_model, self.backbone.out_dim
         self.last_keep_idx: torch.Tensor | None = None  # (B, k) of the last forward, for inspection
+
+    def train(self, mode: bool = True) -> "S5":
+        """Train/eval mode; the momentum S4 always runs without dropout: it is an average of the
+        trained weights, not trained itself (as DINO's momentum teacher runs without stochastic depth)."""
+        super().train(mode)
+        if self.s4_hat is not None:
+            self.s4_hat.eval()
+        return self
 
     @torch.no_grad()
     def update_momentum(self, m: float | None = None) -> None:
@@ -116,20 +133,29 @@ class S5(nn.Module):
         for p_hat, p in zip(self.s4_hat.parameters(), src.parameters()):
             p_hat.mul_(m).add_(p.detach(), alpha=1 - m)
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
-        """Keep the top-k tokens: (B, L, D) -> (B, k, D) = gather(x (x) mask), in temporal order."""
-        B, L, D = x.shape
-        k = max(1, round(self.keep_ratio * L))
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Mask generator logits p(c | x) over the tokens: (B, L, D) -> (B, L), fed with the momentum
+        S4 features (``*_s4`` generators, no gradient to S4_hat) or the tokens themselves."""
         if self.use_s4_features:
             with torch.no_grad():
-                feats = self.s4_hat(x)  # (B, L, D) momentum S4 features
+                x = self.s4_hat(x)  # (B, L, D) momentum S4 features
+        return self.mask_generator(x)  # (B, L)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the top-k tokens: (B, L, D) -> (B, k, D) = gather(x (x) mask), in temporal order."""
+        L = x.shape[1]
+        k = max(1, round(self.keep_ratio * L))
+        if self.mask_generator.kind != "random" and torch.is_grad_enabled():
+            # recomputed in backward from x: keeps neither the momentum S4 features nor the
+            # generator's activations, (B, L, D) each, through the whole backward pass
+            logits = checkpoint(self.scores, x, use_reentrant=False)  # (B, L)
         else:
-            feats = x
-        logits = self.mask_generator(feats)  # (B, L)
+            logits = self.scores(x)  # (B, L)
         mask, idx = gumbel_topk(logits, k, self.tau, noise=self.training)  # (B, L), (B, k)
         self.last_keep_idx = idx
-        x_hat = x * mask.to(x.dtype)[..., None]  # (B, L, D)
-        return torch.gather(x_hat, 1, idx[..., None].expand(B, k, D))  # (B, k, D)
+        if torch.is_grad_enabled():  # the product's backward regathers x instead of keeping (B, k, D)
+            return checkpoint(_gather_masked, x, mask, idx, use_reentrant=False)
+        return _gather_masked(x, mask, idx)  # (B, k, D)
 
     def forward_features(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         """(B, L, D) -> (B, D_out); ``grid`` is accepted for a uniform interface and not used."""

@@ -42,8 +42,9 @@ def pool_tokens(x: torch.Tensor, pool: str, grid: tuple[int, int, int] | None):
     """
     if pool == "none" or (pool == "avg1d" and x.shape[1] < 2):
         return x, grid
-    if pool == "avg1d":
-        return F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2), None  # (B, L // 2, D)
+    if pool == "avg1d":  # AvgPool1d(2) along L (an odd last token is dropped), without a transposed copy
+        B, L, D = x.shape
+        return x[:, :L // 2 * 2].reshape(B, L // 2, 2, D).mean(2), None  # (B, L // 2, D)
     if pool == "max_st":
         if grid is None or grid[0] * grid[1] * grid[2] != x.shape[1]:
             raise ValueError(f"pool='max_st' needs tokens on a (T, H', W') grid; got L={x.shape[1]}, grid={grid} "

@@ -53,6 +53,17 @@ def test_max_st_pool_is_spatial_max_per_frame():
     assert grid == (3, 2, 2) and torch.equal(y, ref)
 
 
+@pytest.mark.parametrize("L", [2, 7, 10])
+def test_avg1d_pool_is_avgpool1d(L):
+    from models.vis4mer import pool_tokens
+    x = torch.randn(2, L, 5, requires_grad=True)
+    y, _ = pool_tokens(x, "avg1d", None)
+    ref = torch.nn.AvgPool1d(2)(x.transpose(1, 2)).transpose(1, 2)  # the public code's pooling
+    torch.testing.assert_close(y, ref)
+    w = torch.randn(ref.shape)
+    torch.testing.assert_close(torch.autograd.grad((y * w).sum(), x)[0], torch.autograd.grad((ref * w).sum(), x)[0])
+
+
 def test_gumbel_topk_exact_k_and_straight_through_gradient():
     torch.manual_seed(0)
     logits = torch.randn(3, 50, requires_grad=True)
@@ -84,6 +95,29 @@ def test_s5_keeps_k_tokens_and_mask_generator_learns(mg):
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     if m.s4_hat is not None:
         assert all(p.grad is None for p in m.s4_hat.parameters())
+
+
+def test_s5_lean_selection_equals_plain_composition():
+    """select() recomputes the momentum features and regathers x in backward (memory); values and
+    gradients equal the plain x (x) mask -> gather with everything stored. The momentum S4 runs
+    without dropout in training mode, the trained S4 with it."""
+    torch.manual_seed(0)
+    m = S5(num_classes=4, d_model=32, depth=2, d_state=8, dropout=0.3, keep_ratio=0.25).train()
+    x = torch.randn(2, 80, 32)
+    params = list(m.mask_generator.parameters())
+    torch.manual_seed(1)
+    out = m.select(x)
+    w = torch.randn(out.shape)
+    grads = torch.autograd.grad((out * w).sum(), params)
+    torch.manual_seed(1)
+    mask, idx = gumbel_topk(m.mask_generator(m.s4_hat(x)), 20, m.tau)
+    ref = torch.gather(x * mask[..., None], 1, idx[..., None].expand(2, 20, 32))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), params)):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(m.scores(x), m.scores(x))  # S4_hat: no dropout
+    mixer = m.backbone.decoder.blocks[0].mixer
+    assert mixer.training and not torch.equal(mixer(x), mixer(x))  # the trained S4: dropout
 
 
 def test_s5_momentum_update_matches_formula():
