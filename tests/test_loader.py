@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.clips import ClipSpec, plan_clips
+from data.clips import ClipSpec, plan_clips, spatial_transform
 from data.loader import VideoLoader
 from tests.helpers import repack
 
@@ -140,3 +140,22 @@ def test_brace_pattern_and_pipe_sources(demo_shards, tmp_path):
     assert all(_same(x, y) and _same(x, z) for x, y, z in zip(a, b, c))
     with pytest.raises(ValueError, match="number of samples"):
         VideoLoader(pattern, "train", spec, 3, 32, num_workers=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 144, 256), (2, 90, 60)])  # downscale; upscale (short side 60 < 112)
+def test_uint8_resize_within_one_grey_level_of_float(shape):
+    """spatial_transform resizes the uint8 frames; the float32 antialiased resize of the same
+    frames (the independent reference) differs by rounding only."""
+    import torch.nn.functional as F
+
+    T, H, W = shape
+    frames = torch.randint(0, 256, (T, H, W, 3), dtype=torch.uint8)
+    out = spatial_transform(frames, 112, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False, np.random.default_rng(0))
+    scale = 112 / min(H, W)
+    nh, nw = max(112, round(H * scale)), max(112, round(W * scale))
+    ref = F.interpolate(frames.permute(0, 3, 1, 2).float() / 255, size=(nh, nw), mode="bilinear", antialias=True,
+                        align_corners=False)
+    top, left = int((nh - 112) / 2 + 0.5), int((nw - 112) / 2 + 0.5)
+    ref = (ref[..., top:top + 112, left:left + 112] - 0.5) / 0.5
+    assert out.shape == ref.shape == (T, 3, 112, 112)
+    assert (out - ref).abs().max().item() * 0.5 * 255 <= 1.0 + 1e-3
