@@ -8,9 +8,12 @@ snapshots per worker, so a resumed loader yields exactly the batches an uninterr
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import logging
+import os
 from typing import Callable, Iterator
 
 import av
@@ -45,10 +48,31 @@ def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
     return np.stack(out)
 
 
-def iter_shard(url: str) -> Iterator[dict]:
-    """Samples of one tar shard in file order, as webdataset dicts (``__key__``, ``mp4``, ``json``)."""
+def iter_shard(url: str, cache_dir: str | None = None, cache_gb: float = 100.0) -> Iterator[dict]:
+    """Samples of one tar shard in file order, as webdataset dicts (``__key__``, ``mp4``, ``json``).
+
+    A remote ``url`` (http://, https://, any gopen URL) with ``cache_dir`` is first fetched whole
+    into the cache by webdataset's ``FileCache`` (to a per-process temporary name, renamed when
+    complete: ranks and workers on one node share the cache safely, and a failed transfer leaves
+    nothing behind) and read from the local copy, on this pass and later ones. The cache is kept
+    under ``cache_gb`` GB, oldest files first."""
+    if cache_dir and "://" in url:
+        url = _file_cache(cache_dir, cache_gb).get_file(url)
     yield from wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None,
                               workersplitter=None, handler=wds.warn_and_continue)
+
+
+def cache_name(url: str) -> str:
+    """Flat cache file name of a shard URL: a hash of its directory + its file name, so shards of
+    the same name from two sources never collide."""
+    base, _, name = url.rpartition("/")
+    return f"{hashlib.sha1(base.encode()).hexdigest()[:12]}-{name}"
+
+
+@functools.lru_cache(maxsize=None)
+def _file_cache(cache_dir: str, cache_gb: float) -> wds.cache.FileCache:
+    os.makedirs(cache_dir, exist_ok=True)
+    return wds.cache.FileCache(cache_dir, url_to_name=cache_name, cache_size=int(cache_gb * 1e9))
 
 
 class ShardStream(IterableDataset):
@@ -59,12 +83,15 @@ class ShardStream(IterableDataset):
         seed: shuffling seed. make_samples: ``(key, video bytes, meta, pass) -> list of sample
         dicts`` (decoder, clip sampler and transforms); any exception marks the sample bad.
         max_passes: stop after this many passes over the shards (None: endless; 1: evaluation).
+        cache_dir, cache_gb: local cache of remote shards (:func:`iter_shard`).
     """
 
     def __init__(self, shards: ShardSet, rank: int, world: int, seed: int,
-                 make_samples: Callable[[str, bytes, dict, int], list[dict]], max_passes: int | None = None):
+                 make_samples: Callable[[str, bytes, dict, int], list[dict]], max_passes: int | None = None,
+                 cache_dir: str | None = None, cache_gb: float = 100.0):
         self.shards, self.rank, self.world, self.seed = shards, rank, world, seed
         self.make_samples, self.max_passes = make_samples, max_passes
+        self.cache = {"cache_dir": cache_dir, "cache_gb": cache_gb}
         self._state = {"pass": 0, "shard": 0, "sample": 0, "output": 0, "bad": 0, "bad_keys": []}
 
     def state_dict(self) -> dict:
@@ -83,7 +110,7 @@ class ShardStream(IterableDataset):
             produced = False
             while st["shard"] < len(order):
                 url = self.shards.urls[order[st["shard"]]]
-                for i, raw in enumerate(iter_shard(url)):
+                for i, raw in enumerate(iter_shard(url, **self.cache)):
                     if i < st["sample"]:
                         continue  # resume: already consumed
                     key = raw.get("__key__", f"{url}#{i}")

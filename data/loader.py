@@ -134,13 +134,15 @@ class VideoLoader:
         task: ``classification`` | ``regression`` | ``multilabel``. num_classes: for multi-hot labels.
         finite: one pass over this rank's shards, every sample once, last batch possibly short
             (evaluation, feature extraction); ranks may then yield different numbers of batches.
+        cache_dir, cache_gb: local cache of remote shards (http://...): fetched once, read from disk after.
     Raises ValueError / FileNotFoundError naming the bad setting.
     """
 
     def __init__(self, source: str, split: str, spec: ClipSpec, batch_size: int, image_size: int,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), rank: int = 0, world: int = 1, seed: int = 0,
                  num_workers: int = 2, task: str = "classification", num_classes: int = 0,
-                 num_samples: int | None = None, finite: bool = False):
+                 num_samples: int | None = None, finite: bool = False, cache_dir: str | None = None,
+                 cache_gb: float = 100.0):
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
         self.shards = resolve_shards(source, split, num_samples)
@@ -148,7 +150,8 @@ class VideoLoader:
         self.steps_per_epoch = max(1, self.shards.num_samples // (batch_size * world))
         maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self.finite = finite
-        self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None)
+        self.stream = ShardStream(self.shards, rank, world, seed, maker, max_passes=1 if finite else None,
+                                  cache_dir=cache_dir, cache_gb=cache_gb)
         # Workers' base seed from the loader's own generator: the global torch RNG (dropout, Gumbel noise,
         # saved in checkpoints) is not advanced by starting a loader, so a resumed run draws the same noise.
         # Workers are spawned, never forked: a rank runs threads (gloo, OpenMP, TensorBoard, tqdm) and a

@@ -46,8 +46,20 @@ def read_manifest(source: str) -> dict:
         if not os.path.exists(mpath):
             raise FileNotFoundError(f"data.shards: {source} has no manifest.json (is it a make_shards.py output?)")
         return json.load(open(mpath))
-    import fsspec
     url = source.rstrip("/") + "/manifest.json"
+    if url.startswith(("http://", "https://")):  # the standard library: no fsspec HTTP extras needed
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                raise FileNotFoundError(f"data.shards: {url} not found (is {source} a make_shards.py output?)") from None
+            raise ConnectionError(f"data.shards: {url}: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise ConnectionError(f"data.shards: {url}: {e.reason}") from None
+    import fsspec
     try:
         with fsspec.open(url, "rb") as f:
             return json.loads(f.read())

@@ -193,7 +193,7 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(uf * kf, n=2 * L)[..., :L]  # (B, H, L)
 
 
-FFT_CHUNK_ELEMS = 1 << 18  # elements of one (B, H_chunk, L) slice of the fused convolution (4 MB fp32)
+FFT_CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 24}  # (B, H_chunk, L) elements per fused-convolution chunk
 
 
 def _kernel_spectrum(k: torch.Tensor, k_bwd: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -263,11 +263,11 @@ def ssm_conv_gelu(x: torch.Tensor, k: torch.Tensor, D: torch.Tensor, k_bwd: torc
     fft_conv(u.flip, k_bwd).flip + D u) (tests check both against that composition and with
     ``torch.autograd.gradcheck`` in float64), but backward stores only x and the kernels and
     recomputes the spectra channel chunk by channel chunk (``chunk`` channels, by default
-    ``FFT_CHUNK_ELEMS / (B L)``): one (B, L, H) tensor per layer instead of a (B, H, L+1) complex
-    spectrum, the pre-activation and a transposed copy.
+    ``FFT_CHUNK_ELEMS[device] / (B L)``: small on CPU, few launches on a GPU): one (B, L, H) tensor
+    per layer instead of a (B, H, L+1) complex spectrum, the pre-activation and a transposed copy.
     """
     B, L, H = x.shape
-    chunk = chunk or max(1, FFT_CHUNK_ELEMS // max(1, B * L))
+    chunk = chunk or max(1, FFT_CHUNK_ELEMS.get(x.device.type, 1 << 24) // max(1, B * L))
     dt = x.dtype
     return _SSMConvGELU.apply(x, k.to(dt), None if k_bwd is None else k_bwd.to(dt), D.to(dt), chunk)
 
@@ -280,7 +280,8 @@ class S4(nn.Module):
         HiPPO-LegS, bilinear). init: S4D init (``"lin"``/``"inv"``). bidirectional: a second
         kernel runs over the reversed sequence and both outputs are summed (non-causal).
         dropout: channel dropout after the activation. lr: SSM parameter group learning rate.
-    forward(x: (B, L, H)) -> (B, L, H), dtype of x.
+        chunk: kernel positions per chunk (None: sized by ``KERNEL_CHUNK_ELEMS``).
+    forward(x: (B, L, H)) -> (B, L, H), dtype of x; the convolution runs in float32 (float64 stays).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, kernel: str = "s4d", init: str = "lin",

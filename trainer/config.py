@@ -61,6 +61,8 @@ class DataConfig:
     short_seconds: float = 4.0  # S_short
     short_inside_long: bool = True  # place the short clip inside the long span
     features: str | None = None  # directory of <split>.beton frozen features (backend=features)
+    cache_dir: str | None = None  # local copy of remote shards (http://, s3://...): later epochs read it
+    cache_size_gb: float = 100.0  # cache_dir is kept under this size, least recently fetched shards go first
 
 
 @dataclass

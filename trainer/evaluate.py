@@ -81,7 +81,8 @@ def evaluate_split(trainer, split: str, details: bool = False):
                           mean=trainer.mean, std=trainer.std, rank=trainer.rank, world=trainer.world,
                           # decoded in this process: no worker start-up per evaluation
                           seed=cfg.run.seed, num_workers=0, task=cfg.model.task,
-                          num_classes=trainer.num_classes, finite=True, features=d.features)
+                          num_classes=trainer.num_classes, finite=True, features=d.features,
+                          cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
     engine = trainer.engine
     engine.eval()
     ids, outs, labs = [], [], []

@@ -201,7 +201,8 @@ class Trainer:
         return build_loader(d.backend, d.shards, d.train_split, spec, features=d.features,
                             batch_size=d.batch_size, image_size=d.image_size, mean=self.mean,
                             std=self.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
-                            num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes)
+                            num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes,
+                            cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
