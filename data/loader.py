@@ -221,9 +221,16 @@ class VideoLoader:
     def bad_samples(self) -> int:
         """Bad samples skipped so far by this rank's workers (as of the last state snapshot); 0 before
         the first batch (asking the loader for its state would start its workers)."""
+        return self._workers_sum("bad")
+
+    def bad_shards(self) -> int:
+        """Shards this rank's workers skipped after every retry failed (unreachable, HTTP errors)."""
+        return self._workers_sum("bad_shards")
+
+    def _workers_sum(self, key: str) -> int:
         if getattr(self.dl, "_iterator", None) is None and self._it is None:
-            return int(self.stream.state_dict().get("bad", 0))
+            return int(self.stream.state_dict().get(key, 0))
         sd = self.dl.state_dict()
         workers = sd.get("_snapshot", {}).get("_worker_snapshots", {})
         states = [w.get("dataset_state") or {} for w in workers.values()] or [self.stream.state_dict()]
-        return sum(int(s.get("bad", 0)) for s in states)
+        return sum(int(s.get(key, 0)) for s in states)

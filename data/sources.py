@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 
 import braceexpand
 
 log = logging.getLogger(__name__)
+FETCH_BACKOFF_S = (1, 2, 4, 8, 16)  # waits between tries of a remote file: 31 s in all, past a 20-s outage
 
 
 @dataclass
@@ -50,15 +52,21 @@ def read_manifest(source: str) -> dict:
     if url.startswith(("http://", "https://")):  # the standard library: no fsspec HTTP extras needed
         import urllib.error
         import urllib.request
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                raise FileNotFoundError(f"data.shards: {url} not found (is {source} a make_shards.py output?)") from None
-            raise ConnectionError(f"data.shards: {url}: HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise ConnectionError(f"data.shards: {url}: {e.reason}") from None
+        for wait in (*FETCH_BACKOFF_S, None):
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if e.code in (404, 410):
+                    raise FileNotFoundError(f"data.shards: {url} not found (is {source} a make_shards.py output?)") \
+                        from None
+                error = f"HTTP {e.code} {e.reason}"
+            except OSError as e:  # refused, reset, timed out: the server may come back
+                error = str(getattr(e, "reason", e))
+            if wait is None:
+                raise ConnectionError(f"data.shards: {url}: {error} (after {len(FETCH_BACKOFF_S) + 1} tries)")
+            log.warning("data.shards: %s: %s; retrying in %d s", url, error, wait)
+            time.sleep(wait)
     import fsspec
     try:
         with fsspec.open(url, "rb") as f:

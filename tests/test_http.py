@@ -6,6 +6,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,19 +17,24 @@ import pytest
 
 from data.cpu import cache_name
 from data.sources import read_manifest
-from tests.helpers import finish, free_port, launch
+from tests.fault_proxy import FaultProxy
+from tests.helpers import finish, free_port, launch, repack
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-@pytest.fixture
-def nginx(demo_shards, tmp_path):
-    """nginx serving the make_shards output directory as-is; yields (base URL, access log path)."""
-    assert os.path.exists(NGINX), "nginx is not installed: run scripts/install_system.sh (make install does)"
-    port, d = free_port(), tmp_path / "nginx"
-    d.mkdir()
-    conf = d / "nginx.conf"
-    conf.write_text(f"""
+class Nginx:
+    """nginx serving ``root`` (a make_shards output directory, as it is) on 127.0.0.1:``port``; started
+    with a temporary config in ``workdir``, stopped by PID (SIGTERM: fast shutdown)."""
+
+    def __init__(self, root: Path, workdir: Path):
+        assert os.path.exists(NGINX), "nginx is not installed: run scripts/install_system.sh (make install does)"
+        self.port, self.dir, self.proc = free_port(), workdir, None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.access_log = workdir / "access.log"
+        self.conf = workdir / "nginx.conf"
+        d = workdir
+        self.conf.write_text(f"""
 {"user root;" if os.geteuid() == 0 else ""}
 worker_processes 1;
 daemon off;
@@ -40,29 +46,42 @@ http {{
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   types {{ application/json json; application/x-tar tar; }}
-  server {{ listen 127.0.0.1:{port}; root {demo_shards}; }}
+  server {{ listen 127.0.0.1:{self.port}; root {root}; }}
 }}
 """)
-    proc = subprocess.Popen([NGINX, "-e", str(d / "error.log"), "-p", str(d), "-c", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> "Nginx":
+        self.proc = subprocess.Popen([NGINX, "-e", str(self.dir / "error.log"), "-p", str(self.dir), "-c", str(self.conf)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         end = time.monotonic() + 15
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
             except OSError:
-                if proc.poll() is not None or time.monotonic() > end:
-                    pytest.fail(f"nginx did not start: {proc.communicate()[0]} {(d / 'error.log').read_text()}")
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    pytest.fail(f"nginx did not start: {self.proc.communicate()[0]} {(self.dir / 'error.log').read_text()}")
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/", d / "access.log"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def nginx(demo_shards, tmp_path):
+    """nginx serving the demo shards; yields (base URL, access log path)."""
+    server = Nginx(demo_shards, tmp_path / "nginx").start()
+    try:
+        yield server.url, server.access_log
     finally:
-        proc.terminate()  # fast shutdown of the master and its worker
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def _gets(access_log: Path) -> collections.Counter:
@@ -109,3 +128,37 @@ def test_remote_shards_choose_the_cpu_backend_and_dali_refuses_them():
     with pytest.raises(ValueError, match="data.backend=cpu for remote shards"):
         build_loader("dali", "http://127.0.0.1:9/shards/", "train", ClipSpec(mode="train", frames=4, seconds=1.0),
                      batch_size=2, image_size=64)
+
+
+def test_network_faults_are_retried_or_reported(demo_shards, tmp_path):
+    """2 ranks stream (no cache: every pass refetches) through the fault proxy: a shard cut mid-transfer
+    and one answered 500 twice are retried and read whole; a shard answering 404 is skipped and counted
+    in results.json; nginx stopped for 20 s mid-run and started again is waited out. The run ends."""
+    shards = repack(demo_shards, tmp_path / "shards", {"train": [16, 16, 16, 15]})
+    server = Nginx(shards, tmp_path / "nginx").start()
+    faults = {"/train-000000.tar": ["drop"], "/train-000001.tar": [500, 500], "/train-000003.tar": [404]}
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    try:
+        with FaultProxy(server.url, faults, forever={"/train-000003.tar"}) as proxy:
+            p = launch(run, proxy.url, "train.max_steps=40", "train.eval_every_steps=20", "checkpoint.every_steps=1000",
+                       log=log)
+            metrics = run / "metrics.jsonl"
+            end = time.monotonic() + 240
+            while not (metrics.exists() and metrics.read_text().count('"split": "train"') >= 3):
+                assert p.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+                time.sleep(0.5)
+            server.stop()  # the server goes away for 20 s ...
+            time.sleep(20)
+            server.start()  # ... and comes back on the same port
+            finish(p, timeout=400, run_dir=run)
+    finally:
+        server.stop()
+    out = log.read_text()
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 40 and results["test"]["videos"] == 21 and results["val"]["videos"] == 21
+    skipped = set(re.findall(r"skipping shard (\S+)", out))
+    assert skipped == {proxy.url + "train-000003.tar"}, skipped  # only the missing shard is given up
+    assert results["bad_shards_skipped"] >= 1  # once per pass that met it, on the reader that did
+    assert proxy.injected["/train-000000.tar"] == 1 and proxy.injected["/train-000001.tar"] == 2
+    assert re.search(r"train-000000.tar: OSError: .*(closed after|IncompleteRead)", out)  # the cut was noticed
+    assert proxy.unreachable >= 1  # requests met the stopped server and were retried

@@ -105,7 +105,8 @@ def evaluate_split(trainer, split: str, details: bool = False):
             outs.append(out.float().cpu())
             labs.append(batch["label"])
     engine.train()
-    local = (ids, torch.cat(outs) if outs else None, torch.cat(labs) if labs else None)
+    bad_shards = loader.bad_shards() if hasattr(loader, "bad_shards") else 0
+    local = (ids, torch.cat(outs) if outs else None, torch.cat(labs) if labs else None, bad_shards)
     parts = [None] * trainer.world if dist.is_initialized() else [local]
     if dist.is_initialized():
         dist.all_gather_object(parts, local)
@@ -119,6 +120,8 @@ def evaluate_split(trainer, split: str, details: bool = False):
     scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
     metrics.update(compute_metrics(scores, vlabels, cfg.model.task, trainer.num_classes))
     metrics["videos"] = len(vlabels)
+    if any(p[3] for p in parts):  # shards that stayed unreadable after every retry: a short evaluation, said so
+        metrics["bad_shards_skipped"] = sum(p[3] for p in parts)
     if not details:
         return metrics
     extra = {"predictions": per_video_predictions(ids, scores, vlabels, cfg.model.task)}

@@ -322,9 +322,14 @@ class Trainer:
 
     def finish(self, step: int, best, evaluate_only: bool = False) -> int:
         cfg = self.cfg
-        results = {"steps": step, "mode": cfg.run.mode, "bad_samples_skipped": self.count_bad_samples()}
-        if results["bad_samples_skipped"]:
-            self.print(f"data: {results['bad_samples_skipped']} bad training samples were skipped (keys in the log)")
+        bad_samples, bad_shards = self.count_bad_data()
+        results = {"steps": step, "mode": cfg.run.mode, "bad_samples_skipped": bad_samples,
+                   "bad_shards_skipped": bad_shards}
+        if bad_samples:
+            self.print(f"data: {bad_samples} bad training samples were skipped (keys in the log)")
+        if bad_shards:
+            self.print(f"data: {bad_shards} training shard reads failed after every retry and were skipped "
+                       "(URLs in the log)")
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
                 best = self.validate(step, best)
@@ -353,13 +358,15 @@ class Trainer:
             os.replace(tmp, Path(cfg.run.dir) / "results.json")
         return self.shutdown(0)
 
-    def count_bad_samples(self) -> int:
-        """Undecodable training samples skipped by all ranks so far (the loaders' counts, summed)."""
-        n = torch.tensor([float(self.loader.bad_samples()) if hasattr(self.loader, "bad_samples") else 0.0],
-                         device=self.device)
+    def count_bad_data(self) -> tuple[int, int]:
+        """(undecodable training samples, unreadable training shards) skipped by all ranks so far:
+        the loaders' counts, summed over ranks (a shard is counted once per pass that failed it)."""
+        counts = [float(getattr(self.loader, f)()) if hasattr(self.loader, f) else 0.0
+                  for f in ("bad_samples", "bad_shards")]
+        n = torch.tensor(counts, device=self.device)
         if dist.is_initialized():
             dist.all_reduce(n, op=dist.ReduceOp.SUM)
-        return int(n.item())
+        return int(n[0].item()), int(n[1].item())
 
     # ------------------------------------------------------------------ housekeeping
     def write_run_info(self, info) -> None:
