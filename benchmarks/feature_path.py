@@ -38,12 +38,17 @@ def train(run: Path, shards: str, steps: int, *extra: str) -> dict:
     return {"clips_per_s": clips, "steps_per_s": clips / 8, "data_wait_pct": wait, "wall_s": wall}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def demo_run_args(doc: str) -> argparse.Namespace:
+    """The command line of the demo-finetune benchmarks: --shards, --steps, --json."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--shards", default="cache/demo_shards")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    a = demo_run_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         video = train(tmp / "video", a.shards, a.steps)

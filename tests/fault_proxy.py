@@ -22,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FaultProxy:
     def __init__(self, upstream: str, faults: dict[str, list], forever: set[str] = frozenset()):
-        self.upstream, self.faults, self.forever = upstream.rstrip("/"), {k: list(v) for k, v in faults.items()}, forever
+        self.upstream, self.forever = upstream.rstrip("/"), forever
+        self.faults = {k: list(v) for k, v in faults.items()}
         self.requests: collections.Counter = collections.Counter()  # path -> requests seen
         self.injected: collections.Counter = collections.Counter()  # path -> faults answered
         self.unreachable = 0  # requests that found the upstream down
