@@ -30,6 +30,12 @@ from torch.utils.checkpoint import checkpoint
 DT_MIN_CLAMP, DT_MAX_CLAMP = 1e-4, 1.0  # dt is clamped: NaNs have been traced to log_dt
 
 
+def as_complex(t: torch.Tensor) -> torch.Tensor:
+    """(..., 2) real -> (...) complex view; a copy when the storage offset is odd (complex needs it
+    even), as for parameters ZeRO-3 gathers into views of one flat buffer."""
+    return torch.view_as_complex(t if t.storage_offset() % 2 == 0 else t.clone())
+
+
 def _register(module: nn.Module, name: str, tensor: torch.Tensor, lr: float | None) -> None:
     """Register an SSM parameter tagged for its own optimizer group (lr, weight decay 0)."""
     p = nn.Parameter(tensor)
@@ -92,7 +98,7 @@ class S4DKernel(nn.Module):
     def ssm(self):
         """Continuous parameters: A (H, N2), B (H, N2), C (H, N2) complex; dt (H,)."""
         A = -torch.exp(self.log_A_real) + 1j * self.A_imag  # (H, N2)
-        return A, torch.view_as_complex(self.B), torch.view_as_complex(self.C), self.dt()
+        return A, as_complex(self.B), as_complex(self.C), self.dt()
 
     def forward(self, L: int) -> torch.Tensor:
         A, B, C, dt = self.ssm()
@@ -155,8 +161,7 @@ class S4Kernel(nn.Module):
 
     def ssm(self):
         """Lambda (N2,), P (N2,), B (N2,), C~ (H, N2) complex; dt (H,)."""
-        c = torch.view_as_complex
-        return c(self.Lambda), c(self.P), c(self.B), c(self.C), self.dt()
+        return as_complex(self.Lambda), as_complex(self.P), as_complex(self.B), as_complex(self.C), self.dt()
 
     def forward(self, L: int) -> torch.Tensor:
         Lam, P, B, C, dt = self.ssm()

@@ -214,3 +214,17 @@ def test_channel_dropout_drops_whole_channels():
     assert set(per_channel.unique().tolist()) == {0.0, 2.0}
     assert ((y == 0).all(1) | (y == 2).all(1)).all()
     assert 0.3 < (per_channel == 0).float().mean() < 0.7
+
+
+def test_as_complex_of_a_misaligned_view():
+    """ZeRO-3 may hand a (N, 2) parameter as a view at an odd offset of a flat buffer, which
+    torch.view_as_complex refuses: as_complex copies then, and gradients reach the buffer."""
+    from models.ssm import as_complex
+    buf = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    view = buf[1:9].view(4, 2)
+    with pytest.raises(RuntimeError, match="storage_offset"):
+        torch.view_as_complex(view)
+    z = as_complex(view)
+    assert torch.equal(z, torch.complex(view[:, 0], view[:, 1]))
+    z.abs().sum().backward()
+    assert torch.allclose(buf.grad[1:].view(4, 2), view / z.abs()[:, None]) and buf.grad[0] == 0
