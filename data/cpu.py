@@ -152,9 +152,14 @@ class ShardStream(IterableDataset):
         self.cache = {"cache_dir": cache_dir, "cache_gb": cache_gb}
         self.produced = False  # an output was yielded in the current pass
         self._state = {"pass": 0, "shard": 0, "sample": 0, "output": 0, "bad": 0, "bad_keys": []}
+        self.start_states: dict[int, dict] | None = None  # per worker id: where to start (elastic resume)
 
     def state_dict(self) -> dict:
-        return dict(self._state, bad_keys=list(self._state["bad_keys"][-20:]))
+        st = self._state
+        if self.start_states is not None:  # an elastic start not yet begun: that is this reader's position
+            wi = get_worker_info()
+            st = self.start_states[wi.id if wi is not None else 0]
+        return dict(st, bad_keys=list(st["bad_keys"][-20:]))
 
     def _read_shard(self, url: str):
         """Yield the outputs of ``url``'s samples from the state's position on (resume or retry:
@@ -185,15 +190,25 @@ class ShardStream(IterableDataset):
         self._state = dict(state)
 
     def __iter__(self) -> Iterator[dict]:
+        """Samples pass after pass. A state with a ``queue`` (``[pass, shard, first sample, first
+        output]`` pieces, from an elastic resume: :func:`data.sources.elastic_pieces`) reads those
+        first, then passes from ``next_pass`` on."""
         wi = get_worker_info()
         worker, workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        if self.start_states is not None:
+            self._state, self.start_states = dict(self.start_states[worker]), None
         st = self._state
         empty_passes = 0
         while True:
-            order = assign_shards(len(self.shards.urls), self.seed, st["pass"], self.rank, self.world, worker, workers)
+            queue = st.get("queue")
+            if queue:
+                entries = [(p, idx) for p, idx, *_ in queue]
+            else:
+                entries = [(st["pass"], idx) for idx in assign_shards(len(self.shards.urls), self.seed, st["pass"],
+                                                                      self.rank, self.world, worker, workers)]
             self.produced = False
-            while st["shard"] < len(order):
-                idx = order[st["shard"]]
+            while st["shard"] < len(entries):
+                st["pass"], idx = entries[st["shard"]]
                 url, expected = self.shards.urls[idx], self.shards.counts[idx] if self.shards.counts else None
                 for attempt in range(len(FETCH_BACKOFF_S) + 1):
                     error, permanent = None, False
@@ -212,7 +227,12 @@ class ShardStream(IterableDataset):
                         break
                     log.warning("shard %s: %s; retrying in %d s", url, error, FETCH_BACKOFF_S[attempt])
                     time.sleep(FETCH_BACKOFF_S[attempt])
-                st["shard"], st["sample"], st["output"] = st["shard"] + 1, 0, 0
+                st["shard"] += 1
+                st["sample"], st["output"] = queue[st["shard"]][2:4] if queue and st["shard"] < len(queue) else (0, 0)
+            if queue:  # the elastic queue is read: normal passes from here on
+                st["pass"], st["shard"], st["sample"], st["output"] = st.pop("next_pass"), 0, 0, 0
+                del st["queue"]
+                continue
             st["pass"], st["shard"], st["sample"], st["output"] = st["pass"] + 1, 0, 0, 0
             if self.max_passes is not None and st["pass"] >= self.max_passes:
                 return

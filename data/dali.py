@@ -165,6 +165,13 @@ class DaliVideoLoader:
         return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
                 "runs": self.runs, "consumed": self.consumed, "backend": "dali"}
 
+    def load_elastic_state(self, states: list[dict]) -> None:
+        """Refused: DALI's readers keep their position per ``shard_id`` of a fixed ``num_shards``.
+        Raises ValueError naming the ways out."""
+        raise ValueError(f"data.backend=dali cannot resume a checkpoint of {states[0]['world']} ranks on {self.world}: "
+                         f"DALI's readers keep their position per rank. Resume on {states[0]['world']} ranks, or with "
+                         "data.backend=cpu from a run trained with it, or start a new run with run.init_from")
+
     def load_state_dict(self, state: dict) -> None:
         if state["world"] != self.world:
             raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "

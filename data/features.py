@@ -89,7 +89,9 @@ def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
 
     class RankOrder(TraversalOrder):
         def sample_order(self, epoch: int):
-            order = np.random.default_rng(seed + epoch).permutation(self.indices) if shuffle else self.indices
+            if epoch in overrides:  # an elastic resume's share of the interrupted epoch
+                return overrides[epoch]
+            order = epoch_order(self.indices, seed, epoch, shuffle)
             mine = order[rank::world]
             return mine[:len(self.indices) // world] if equal else mine
 
@@ -103,7 +105,15 @@ def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
         def sample_order(self, epoch: int):
             raise NotImplementedError
 
-    return Factory()
+    overrides: dict[int, np.ndarray] = {}
+    factory = Factory()
+    factory.overrides = overrides  # epoch -> this rank's records, set by FeatureLoader.load_elastic_state
+    return factory
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """All records in the order of ``epoch`` (seeded permutation, or file order), before ranks split it."""
+    return np.random.default_rng(seed + epoch).permutation(indices) if shuffle else np.asarray(indices)
 
 
 class FeatureLoader:
@@ -115,7 +125,8 @@ class FeatureLoader:
         shuffle: reshuffle all records each epoch (seeded). seed: shuffling seed. rank, world: the
             data-parallel position. finite: evaluation - every record once over all ranks, last batch
             short (ranks may differ by one batch); else equal shares and full batches, epoch after epoch.
-    ``state_dict()`` / ``load_state_dict()`` resume mid-epoch with the same next batches.
+    ``state_dict()`` / ``load_state_dict()`` resume mid-epoch with the same next batches;
+    ``load_elastic_state()`` resumes from the states of all ranks of a run with another world size.
     Raises FileNotFoundError (no cache) / ValueError (a state of another world size).
     """
 
@@ -135,8 +146,10 @@ class FeatureLoader:
         label_dec = {"FloatField": FloatDecoder, "NDArrayField": NDArrayDecoder}.get(
             type(reader.handlers["label"]).__name__, IntDecoder)()
         self.rank, self.world, self.finite = rank, world, finite
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.order = _rank_order(seed, rank, world, shuffle, equal=not finite)
         self.loader = Loader(path, batch_size=batch_size, num_workers=num_workers, drop_last=not finite,
-                             order=_rank_order(seed, rank, world, shuffle, equal=not finite),
+                             order=self.order,
                              pipelines={"tokens": [NDArrayDecoder(), ToTensor()], "label": [label_dec, ToTensor()],
                                         "video": [IntDecoder(), ToTensor()], "bounds": [NDArrayDecoder(), ToTensor()]})
         self.steps_per_epoch = len(self.loader)
@@ -165,7 +178,32 @@ class FeatureLoader:
             self.epoch, self.step = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world, "backend": "features"}
+        return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
+                "batch_size": self.batch_size, "backend": "features",
+                "elastic": {e: o.tolist() for e, o in self.order.overrides.items() if e >= self.epoch}}
+
+    def load_elastic_state(self, states: list[dict]) -> None:
+        """Resume from the states of *every* rank of a run with another world size: the records of the
+        interrupted epoch that no old rank had consumed are dealt round-robin to this run's ranks in
+        equal shares of whole batches (the few left over are dropped, as ``drop_last`` drops an
+        epoch's tail on every rank); later epochs follow this run's world size. Raises ValueError
+        for another backend or a missing rank's state."""
+        if any(s.get("backend") != "features" for s in states):
+            raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
+        old_world, epoch = states[0]["world"], states[0]["epoch"]
+        if sorted(s["rank"] for s in states) != list(range(old_world)):
+            raise ValueError(f"elastic resume needs the loader state of each of the {old_world} ranks that saved it")
+        indices = np.arange(self.num_samples)
+        consumed = set()
+        for s in states:
+            order = s.get("elastic", {}).get(epoch) or s.get("elastic", {}).get(str(epoch))
+            if order is None:
+                order = epoch_order(indices, self.seed, epoch, self.shuffle)[s["rank"]::old_world]
+            consumed.update(int(i) for i in order[:s["step"] * s.get("batch_size", self.batch_size)])
+        left = [int(i) for i in epoch_order(indices, self.seed, epoch, self.shuffle) if int(i) not in consumed]
+        share = len(left) // self.world // self.batch_size * self.batch_size
+        self.order.overrides[epoch] = np.asarray(left[self.rank::self.world][:share], dtype=np.int64)
+        self.epoch, self.step = epoch, 0
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("backend") != "features":
@@ -174,6 +212,7 @@ class FeatureLoader:
             raise ValueError(f"data loader state was saved with {state['world']} data-parallel ranks, this run has "
                              f"{self.world}: resuming would replay or skip samples; refusing")
         self.epoch, self.step = state["epoch"], state["step"]
+        self.order.overrides.update({int(e): np.asarray(o, dtype=np.int64) for e, o in state.get("elastic", {}).items()})
 
     def close(self) -> None:
         """Nothing to stop: ffcv reads with threads of this process."""

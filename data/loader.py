@@ -5,7 +5,8 @@ Batches are dicts (B = batch size per rank, S = image size in pixels):
 * pretrain: ``long`` (B, T_long, 3, S, S) float, ``short`` (B, T_short, 3, S, S) float,
   ``long_bounds`` / ``short_bounds`` (B, 2) seconds within the sample, ``label``, ``video_id``;
 * train / val / windows: ``video`` (B, T, 3, S, S) float, ``bounds`` (B, 2) seconds, ``label``,
-  ``video_id`` (list of B sample keys).
+  ``video_id`` (list of B sample keys);
+* and ``pass`` (B,) int64: the pass over the shards each sample was read in.
 
 ``label``: (B,) int64 class ids (-1 when unlabelled), (B,) float32 for regression, (B, C) float32
 multi-hot for multi-label. Frames are normalised with the encoder's ``mean`` / ``std``.
@@ -13,7 +14,7 @@ multi-hot for multi-label. Frames are normalised with the encoder's ``mean`` / `
 Epochs are virtual: ``steps_per_epoch = num_samples // (batch_size * world)`` (at least 1) and
 every rank yields exactly that many batches, reading its shard stream pass after pass, so no rank
 runs dry. ``state_dict()`` / ``load_state_dict()`` resume mid-epoch with the same next batches;
-a state saved with another world size is refused.
+``load_elastic_state()`` resumes from the states of all ranks of a run with another world size.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
 from data.cpu import ShardStream, decode_video
-from data.sources import resolve_shards
+from data.sources import deal_pieces, elastic_pieces, resolve_shards
 
 # torchdata 0.11 calls torch.set_vital on every iterator start; torch 2.13 deprecates it (harmless)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -68,7 +69,10 @@ class SampleMaker:
         else:
             frames = decode_video(data)
             plans, lookup = plan_clips(self.spec, len(frames), fps, rng), None
-        return self.cut(key, frames, lookup, plans, meta, rng)
+        outs = self.cut(key, frames, lookup, plans, meta, rng)
+        for o in outs:
+            o["pass"] = epoch  # which pass over the shards this sample belongs to (provenance)
+        return outs
 
     def cut(self, key: str, frames, lookup, plans: list[dict], meta: dict, rng) -> list[dict]:
         """Samples from decoded frames ((F, H, W, 3) uint8; row i is frame ``lookup[i]`` when given)."""
@@ -121,6 +125,15 @@ def _worker_init(parent_pid: int, worker_id: int) -> None:
         os._exit(0)
     for s in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(s, signal.SIG_IGN)
+
+
+def _stream_states(loader_state: dict) -> list[dict]:
+    """The :class:`ShardStream` state of each reader (worker) in a ``StatefulDataLoader`` state, by worker id."""
+    snap = loader_state.get("_snapshot")
+    if snap is None:  # num_workers=0: the rank's process is the one reader
+        return [loader_state["dataset_state"]]
+    workers = snap["_worker_snapshots"]
+    return [workers[f"worker_{i}"]["dataset_state"] for i in range(len(workers))]
 
 
 class VideoLoader:
@@ -190,7 +203,48 @@ class VideoLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "rank": self.rank, "world": self.world,
-                "backend": "cpu", "loader": self.dl.state_dict()}
+                "batch_size": self.batch_size, "backend": "cpu", "loader": self.dl.state_dict()}
+
+    def load_elastic_state(self, states: list[dict]) -> None:
+        """Resume from the loader states of *every* rank of a run with another world size (or other
+        workers per rank). The readers' unread part of the passes in progress is dealt to this run's
+        readers (:func:`data.sources.elastic_pieces`): within the interrupted pass no sample is read
+        twice or skipped; later passes follow this run's world size. The virtual epoch goes on from
+        the same number of samples. Bad-sample and bad-shard counts are carried by rank 0's first
+        reader. Raises ValueError for another backend or a missing rank's state."""
+        if any(s.get("backend", "cpu") != "cpu" for s in states):
+            raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
+        old_world = states[0]["world"]
+        if sorted(s["rank"] for s in states) != list(range(old_world)):
+            raise ValueError(f"elastic resume needs the loader state of each of the {old_world} ranks that saved it; "
+                             f"got ranks {sorted(s['rank'] for s in states)}")
+        readers, old_workers = [], 1
+        for s in states:
+            workers = _stream_states(s["loader"])
+            old_workers = len(workers)
+            readers += [(s["rank"], w, st) for w, st in enumerate(workers)]
+        pieces, next_pass = elastic_pieces(readers, old_world, old_workers, len(self.shards.urls), self.stream.seed)
+        workers = max(1, self.dl.num_workers)
+        queues = deal_pieces(pieces, self.world * workers, self.shards.counts)
+        starts = {}
+        for w in range(workers):  # ShardStream states: the queue's first piece, or the next pass
+            queue = queues[self.rank * workers + w]
+            if queue:
+                p, _, sample, output = queue[0]
+                starts[w] = {"pass": p, "shard": 0, "sample": sample, "output": output, "queue": queue,
+                             "next_pass": next_pass}
+            else:
+                starts[w] = {"pass": next_pass, "shard": 0, "sample": 0, "output": 0}
+            starts[w].update(bad=0, bad_keys=[])
+        if self.rank == 0:  # the old readers' counts, once
+            for key in ("bad", "bad_shards"):
+                starts[0][key] = sum(int(st.get(key, 0)) for _, _, st in readers)
+        self.stream.start_states = starts
+        consumed = states[0]["step"] * states[0].get("batch_size", self.batch_size) * old_world  # this virtual epoch
+        self.epoch, self.step = states[0]["epoch"], consumed // (self.batch_size * self.world)
+        if self.step >= self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+        self._it = None
 
     def load_state_dict(self, state: dict) -> None:
         if state["world"] != self.world:

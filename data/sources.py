@@ -126,3 +126,60 @@ def assign_shards(num_shards: int, seed: int, epoch: int, rank: int, world: int,
         return mine[worker::workers]
     rng = random.Random(f"{seed}-{epoch}-{rank}-{worker}")
     return [rng.randrange(num_shards) for _ in range(max(1, min_shards))]
+
+
+def reader_remainder(state: dict, num_shards: int, seed: int, rank: int, world: int, worker: int, workers: int,
+                     upto_pass: int) -> list[list[int]]:
+    """What one reader of a stopped run had still to read, up to and including ``upto_pass``, as
+    pieces ``[pass, shard, first sample, first output]`` in its reading order: the rest of the entry
+    it was reading, the rest of its list (an elastic queue, or its :func:`assign_shards` share of the
+    pass), then its whole share of every later pass up to ``upto_pass``. ``state``: the reader's
+    :class:`data.cpu.ShardStream` state; (rank, world, worker, workers): its place in that run."""
+    pieces, queue = [], state.get("queue")
+    if queue:
+        entries, first_normal = [(p, idx) for p, idx, *_ in queue], state["next_pass"]
+    else:
+        entries = [(state["pass"], idx) for idx in assign_shards(num_shards, seed, state["pass"], rank, world, worker,
+                                                                 workers)]
+        first_normal = state["pass"] + 1
+    for i in range(state["shard"], len(entries)):
+        p, idx = entries[i]
+        start = (state["sample"], state["output"]) if i == state["shard"] else tuple(queue[i][2:4]) if queue else (0, 0)
+        pieces.append([p, idx, *start])
+    for p in range(first_normal, upto_pass + 1):
+        pieces += [[p, idx, 0, 0] for idx in assign_shards(num_shards, seed, p, rank, world, worker, workers)]
+    return pieces
+
+
+def elastic_pieces(readers: list[tuple[int, int, dict]], world: int, workers: int, num_shards: int,
+                   seed: int) -> tuple[list[list[int]], int]:
+    """The unread part of a stopped run's passes in progress, to be read by a run of any size.
+
+    ``readers``: ``(rank, worker, ShardStream state)`` of *every* reader of the stopped run, which had
+    ``world`` ranks x ``workers`` workers. Returns (``pieces``: what any reader still had to read of
+    the passes up to the last one any reader had started (:func:`reader_remainder`), ordered by pass,
+    then old reader; ``next_pass``: the first pass nobody had started). A new run deals the pieces to
+    its readers (:func:`deal_pieces`) and reads each once, then goes on with ``next_pass`` under its
+    own world size: within the interrupted pass no sample is read twice or skipped. The principle is
+    MosaicML streaming's: the sample order belongs to the data, not to the ranks."""
+    def frontier(st: dict) -> int:  # the last pass this reader has started
+        return st["next_pass"] - 1 if st.get("queue") else st["pass"]
+
+    upto = max(frontier(st) for _, _, st in readers)
+    pieces = []
+    for rank, worker, st in sorted(readers, key=lambda r: (r[0], r[1])):
+        pieces += reader_remainder(st, num_shards, seed, rank, world, worker, workers, upto)
+    pieces.sort(key=lambda p: p[0])  # stable: within a pass, old reader order
+    return pieces, upto + 1
+
+
+def deal_pieces(pieces: list[list[int]], readers: int, counts: list[int] | None) -> list[list[list[int]]]:
+    """Deal ``pieces`` (``[pass, shard, first sample, first output]``) to ``readers`` queues: each piece
+    in turn to the queue with the fewest samples so far (sample counts from the manifest, else one
+    per piece; ties to the lowest index), keeping each queue in the pieces' order."""
+    queues, load = [[] for _ in range(readers)], [0] * readers
+    for piece in pieces:
+        i = min(range(readers), key=lambda j: (load[j], j))
+        queues[i].append(piece)
+        load[i] += max(1, counts[piece[1]] - piece[2]) if counts else 1
+    return queues

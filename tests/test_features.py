@@ -75,6 +75,31 @@ def test_two_ranks_read_every_record_once_and_resume(demo_shards, tmp_path):
     assert [x["video_id"] for x in b] == rest and first  # the same next batches after a resume
     assert [x["video_id"] for x in a] != [x["video_id"] for x in first]  # the next epoch is reshuffled
 
+    def keys(batches):
+        return [v for x in batches for v in x["video_id"]]
+
+    for old, new in ((2, 1), (1, 3)):  # elastic: stopped mid-epoch on `old` ranks, resumed on `new`
+        before = [FeatureLoader(path, 4, seed=3, rank=r, world=old) for r in range(old)]
+        seen = []
+        for x in before:
+            it = iter(x)
+            seen += keys(next(it) for _ in range(2))
+        states = [x.state_dict() for x in before]
+        after = [FeatureLoader(path, 4, seed=3, rank=r, world=new) for r in range(new)]
+        rest = []
+        for x in after:
+            x.load_elastic_state(states)
+            rest.append(keys(x))
+        assert len({len(r) for r in rest}) == 1  # equal shares: every rank the same number of steps
+        read = seen + [k for r in rest for k in r]
+        assert len(read) == len(set(read)) and n - 4 * new < len(read) <= n, (old, new, len(read))
+        again = FeatureLoader(path, 4, seed=3, rank=0, world=new)  # stopped again mid-way, resumed on as many
+        again.load_elastic_state(states)
+        next(iter(again))
+        resumed = FeatureLoader(path, 4, seed=3, rank=0, world=new)
+        resumed.load_state_dict(again.state_dict())
+        assert keys(resumed) == rest[0][4:]
+
 
 @pytest.fixture(scope="module")
 def trained(demo_shards, tmp_path_factory):

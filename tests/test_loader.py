@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data.clips import ClipSpec, plan_clips, spatial_transform
-from data.loader import VideoLoader
+from data.loader import VideoLoader, _stream_states
 from tests.helpers import repack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,16 +55,56 @@ def test_resume_mid_epoch_gives_identical_next_batches(demo_shards, tmp_path):
     assert sum(len(x["video_id"]) for x in got[:n]) == 4 * n
 
 
-def test_state_from_other_world_size_is_refused(demo_shards):
-    a = VideoLoader(str(demo_shards), "train", ClipSpec(frames=2, seconds=1.0), 2, 32, rank=0, world=2, num_workers=0)
-    b = VideoLoader(str(demo_shards), "train", ClipSpec(frames=2, seconds=1.0), 2, 32, rank=0, world=1, num_workers=0)
-    with pytest.raises(ValueError, match="2 data-parallel ranks, this run has 1"):
-        b.load_state_dict(a.state_dict())
+def _endless(loader: VideoLoader):
+    while True:  # virtual epoch after virtual epoch
+        yield from loader
+
+
+def _in_queue(loader: VideoLoader) -> list[bool]:
+    """Per reader of ``loader``: is it still reading its elastic queue (as of the last batch yielded)?"""
+    return [bool(st.get("queue")) for st in _stream_states(loader.dl.state_dict())]
+
+
+@pytest.mark.parametrize("old,new", [((2, 1), (1, 2)), ((1, 2), (2, 0)), ((2, 2), (3, 1))],
+                         ids=["2x1-to-1x2", "1x2-to-2x0", "2x2-to-3x1"])
+def test_elastic_resume_reads_each_sample_of_the_pass_once(demo_shards, tmp_path, old, new):
+    """(ranks x workers) -> other (ranks x workers), stopped mid-pass: the samples the old readers had
+    consumed plus those the new readers read from their elastic queues are the split's 63 keys, each
+    exactly once, and every new reader then goes on with the next pass."""
+    shards = regroup(demo_shards, "train", [16, 16, 16, 15], tmp_path / "s")
+    spec = dict(spec=ClipSpec(mode="train", frames=2, seconds=1.0), image_size=32, batch_size=1)
+    every = [k for b in _loader(shards, world=1, num_workers=0, finite=True, **spec) for k in b["video_id"]]
+    assert len(every) == 63 == len(set(every))
+    (ow, owk), (nw, nwk) = old, new
+    before = [_loader(shards, rank=r, world=ow, num_workers=owk, **spec) for r in range(ow)]
+    its, seen = [iter(x) for x in before], []
+    for _ in range(9):  # 9 batches of 1 per rank, mid-pass for every reader
+        for it in its:
+            seen += next(it)["video_id"]
+    states = [x.state_dict() for x in before]
+    for x in before:
+        x.close()
+    after = [_loader(shards, rank=r, world=nw, num_workers=nwk, **spec) for r in range(nw)]
+    its, from_queues, later = [], [], []
+    for x in after:
+        x.load_elastic_state(states)
+        its.append(_endless(x))
+    for _ in range(200):
+        for x, it in zip(after, its):
+            key = next(it)["video_id"][0]
+            wid = x.dl.state_dict().get("_snapshot", {}).get("_last_yielded_worker_id", 0)
+            (from_queues if _in_queue(x)[wid] else later).append(key)
+        if len(later) > 2 * nw * max(1, nwk) and not any(q for x in after for q in _in_queue(x)):
+            break
+    for x in after:
+        x.close()
+    assert sorted(seen + from_queues) == sorted(every), (len(seen), len(from_queues))
+    assert set(later) <= set(every)
 
 
 RANK_SCRIPT = """
 import sys
-from data.loader import VideoLoader
+from data.loader import VideoLoader, _stream_states
 from data.clips import ClipSpec
 rank, shards = int(sys.argv[1]), sys.argv[2]
 L = VideoLoader(shards, "train", ClipSpec(mode="train", frames=2, seconds=1.0), batch_size=4, image_size=32,
