@@ -17,6 +17,11 @@ stage, except that in a ``pipeline`` the sizing flags (``--nodes``, ``--gpus-per
 config's allocation, which its global batch was chosen for (``coin:launch.nodes=2`` changes one). ``section.key=value`` overrides apply to every stage, ``NAME:section.key=value`` to one
 (``pretrain:train.max_steps=10``, ``demo:train.max_steps=5``).
 
+Resubmitting a stage (or a pipeline) resumes each run from its last checkpoint
+(``checkpoint.resume: auto``), also with other ``--nodes``: the trainer resumes elastically
+(trainer.checkpoint.prepare_elastic), and the plan says so; so does a requeued job whose node count
+was changed while it was pending (``scontrol update JobId=... NumNodes=...``).
+
 ``--local`` runs the same stages one after the other on this machine with submitit's
 LocalExecutor (``nodes x tasks_per_node`` processes), printing rank 0's output as it comes.
 ``--dry-run`` prints the jobs, resources, dependencies, sbatch headers and commands and submits
@@ -42,7 +47,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "launchers")
 from launchers.job import TrainJob  # noqa: E402
 from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
 from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
-from trainer.preflight import preflight, train_samples  # noqa: E402
+from trainer.preflight import elastic_resume, preflight, train_samples  # noqa: E402
 from trainer.schedule import Schedule, resolve_schedule  # noqa: E402
 
 DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
@@ -68,6 +73,7 @@ class Stage:
     mode: str
     after: str | None = None
     schedule: Schedule | None = None  # resolved for the stage's world size (None: sample count unknown)
+    elastic: str | None = None  # resumes a checkpoint of another world size (trainer.preflight.elastic_resume)
     job: object = field(default=None, repr=False)
 
     @property
@@ -115,6 +121,7 @@ def make_stage(name: str, config: str, overrides: list[str], flags: dict, init_f
     stage = Stage(name, config, list(overrides), launch, cfg.run.dir, cfg.run.mode)
     try:
         samples = train_samples(cfg, preflight(cfg, init_from_pending=init_from_pending))
+        stage.elastic = elastic_resume(cfg, stage.world_size)  # a resubmission with other --nodes
         if samples and cfg.run.mode != "eval":
             stage.schedule = resolve_schedule(cfg, samples, stage.world_size)
     except ConfigError as e:
@@ -223,6 +230,8 @@ def print_plan(stages: list[Stage], local: bool) -> None:
               f"partition {L.partition or '(default)'}, account {L.account or '-'}, qos {L.qos or '-'}, "
               f"max requeues {L.max_requeues}")
         print(f"    depends on: {dep}")
+        if s.elastic:
+            print(f"    elastic resume: {s.elastic}")
         if s.schedule:
             print(f"    schedule: {s.schedule.describe(s.world_size, load_config(s.config, s.overrides).data.batch_size)}")
         print(f"    each task runs: {trainer_command(s)}")
@@ -336,6 +345,8 @@ def run(stages: list[Stage], local: bool, wait: bool) -> list[dict]:
         Path(ex.folder, "job.json").write_text(json.dumps(record, indent=1))
         print(f"submitted {s.name}: job {s.job.job_id} ({s.world_size} ranks"
               f"{', after ' + dependency if dependency else ''}); logs {s.job.paths.stdout}", flush=True)
+        if s.elastic:
+            print(f"  {s.name} {s.elastic}", flush=True)
         if local:  # one stage at a time on this machine, output as it comes
             results.append(wait_for(s))
             print(f"finished {s.name}: {s.run_dir}", flush=True)

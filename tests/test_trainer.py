@@ -1,7 +1,8 @@
 """The trainer on the demo shards, 2 CPU ranks: ZeRO 1/2/3 with a decreasing loss; every run ends
 (exits within 30 s of its results, no process left behind, no shared-memory file left in /dev/shm);
 10 SIGKILL -> resume cycles give the losses of an uninterrupted run; a killed launcher takes its
-ranks and decode workers with it; SIGTERM saves and exits 0."""
+ranks and decode workers with it; SIGTERM saves and exits 0; a checkpoint resumes on another
+number of ranks (ZeRO 1-3) with its weights, optimizer state and data position."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.helpers import (EXIT_WITHIN_S, REPO, finish, free_port, kill_tree, launch, process_tree, train_loss_rows,
-                           train_losses, wait_gone)
-from trainer.checkpoint import complete_checkpoints
+from tests.helpers import (EXIT_WITHIN_S, REPO, finish, free_port, kill_tree, launch, process_tree, repack,
+                           train_loss_rows, train_losses, wait_gone)
+from trainer.checkpoint import complete_checkpoints, consolidated_weights, prepare_elastic
+from trainer.config import ConfigError
 
 LR = ["train.lr=3e-3", "train.ssm_lr=3e-3"]  # on top of tests.helpers.TINY, which launch() adds
 
@@ -156,19 +159,90 @@ def test_nonfinite_losses_stop_with_clear_error(demo_shards, tmp_path):
     assert "3 non-finite losses in a row (train.max_nonfinite_steps=3); stopping" in out
 
 
-def test_resume_with_other_world_size_is_refused_and_eval_mode(demo_shards, tmp_path):
-    run = tmp_path / "run"
-    finish(torchrun(run, demo_shards, "train.max_steps=2", "checkpoint.every_steps=1000", "train.eval_every_steps=1000"),
-           run_dir=run)
-    trained = json.loads((run / "results.json").read_text())["test"]
-    out = finish(torchrun(run, demo_shards, "run.mode=eval", "checkpoint.resume=auto"), run_dir=run)
-    assert "resumed from" in out and "at step 2" in out
+def test_eval_and_finetune_resumed_on_another_world_size_give_the_trained_metrics(demo_shards, tmp_path):
+    """A 2-rank ZeRO-3 finetune (validated each step; the best model is not the last) on 1 rank: its last
+    checkpoint evaluated on the val split (run.mode=eval) gives the val metrics the 2 ranks logged at
+    that step; resumed with nothing left to train, the run loads its best weights, saved partitioned
+    by 2 ranks, and tests them: the trained run's test metrics."""
+    run, common = tmp_path / "run", ["train.zero_stage=3", "train.max_steps=3", "checkpoint.every_steps=1000",
+                                     "train.eval_every_steps=1"]
+    finish(torchrun(run, demo_shards, *common), run_dir=run)
+    trained = json.loads((run / "results.json").read_text())
+    assert trained["selected"]["step"] != 3  # the test is about loading a best model that is not the last one
+    val3 = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "val" and r["step"] == 3][-1]
+    out = finish(torchrun(run, demo_shards, *common, "run.mode=eval", "data.test_split=val", nproc=1), run_dir=run)
+    assert "at step 3 (elastic: saved by 2 ranks, now 1" in out
     evaluated = json.loads((run / "results.json").read_text())
     assert evaluated["mode"] == "eval" and evaluated["test"]["videos"] == 21
-    assert abs(evaluated["test"]["top1"] - trained["top1"]) < 1e-6  # best = last here: same weights
-    p = torchrun(run, demo_shards, "train.max_steps=4", nproc=1)
-    out = finish(p, ok=False)
-    assert p.returncode != 0 and "was saved by 2 ranks and this run has 1" in out
+    assert evaluated["test"]["top1"] == val3["top1"] and abs(evaluated["test"]["loss"] - val3["loss"]) < 1e-5
+    out = finish(torchrun(run, demo_shards, *common, nproc=1), run_dir=run)
+    assert "at step 3 (elastic: saved by 2 ranks, now 1" in out
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["selected"] == trained["selected"] and resumed["test"]["videos"] == 21
+    assert resumed["test"]["top1"] == trained["test"]["top1"]
+    assert abs(resumed["test"]["loss"] - trained["test"]["loss"]) < 1e-5
+
+
+def checkpoint_tensors(ckpt: Path, stage: int) -> dict[str, torch.Tensor]:
+    """Everything a resumed run needs from ``ckpt``: the full weights (DeepSpeed's zero_to_fp32, buffers
+    included) and each parameter's fp32 master copy, AdamW moments and step (its universal format)."""
+    out = {f"weights/{k}": v for k, v in consolidated_weights(ckpt, "state").items()}
+    prepare_elastic(ckpt, 0, stage)  # no process group here: this process converts
+    for f in (ckpt / "universal" / "zero").glob("*/*.pt"):
+        t = torch.load(f, weights_only=False)
+        out[f"{f.parent.name}/{f.stem}"] = t["param"] if isinstance(t, dict) else t
+    return out
+
+
+def assert_same_state(a: Path, b: Path, stage: int) -> None:
+    ta, tb = checkpoint_tensors(a, stage), checkpoint_tensors(b, stage)
+    assert set(ta) == set(tb) and any(k.endswith("/exp_avg_sq") for k in ta), sorted(set(ta) ^ set(tb))[:5]
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, differ[:5]
+
+
+def test_elastic_resume_keeps_weights_and_optimizer_state_zero_1_2_3(tmp_path):
+    """ZeRO 1, 2, 3: the trainer's engine trained 2 steps on 2 ranks and saved, loaded on 1 rank and
+    saved again, then loaded on 2 ranks and saved again: weights, fp32 master weights, AdamW moments
+    and steps identical in the three checkpoints (2 -> 1 and 1 -> 2)."""
+    for nproc, mode in ((2, "train"), (1, "resume"), (2, "resume")):
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                            "--master_port", str(free_port()), "tests/elastic_engine.py", str(tmp_path), mode],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    for stage in (1, 2, 3):
+        two, one, two_again = complete_checkpoints(tmp_path / f"zero{stage}")
+        assert [json.loads((c / "meta.json").read_text())["world"] for c in (two, one, two_again)] == [2, 1, 2]
+        assert_same_state(two, one, stage)
+        assert_same_state(one, two_again, stage)
+
+
+def test_elastic_resume_2_to_1_to_2_ranks_reads_each_sample_of_the_pass_once(demo_shards, tmp_path):
+    """LSMCL pretraining under ZeRO-3 on 4 shards: 3 steps on 2 ranks, resumed on 1 rank for 3 steps,
+    then on 2 ranks for 5: the samples of the interrupted pass, as logged by every rank of every
+    attempt (logging.sample_keys), are the split's 55 keys, each exactly once. The launcher's plan
+    for a resubmission with one node announces the elastic resume, and refuses DALI before queueing."""
+    shards = repack(demo_shards, tmp_path / "s", {"pretrain": [14, 14, 14, 13]}, only=True)
+    run = tmp_path / "run"
+    common = ["train.zero_stage=3", "checkpoint.every_steps=1000", "logging.sample_keys=true"]
+    finish(launch(run, shards, *common, "train.max_steps=3", config="configs/demo_pretrain.yaml"), run_dir=run)
+    from launchers import submit
+    args = ["--local", "--nodes", "1", "--tasks-per-node", "1", "pretrain", "--config", "configs/demo_pretrain.yaml",
+            f"data.shards={shards}", f"run.dir={run}"]
+    assert "(saved by 2 ranks) on 1 ranks" in submit.plan(submit.build_parser().parse_args(args))[0].elastic
+    with pytest.raises(ConfigError, match="'dali' cannot resume"):
+        submit.plan(submit.build_parser().parse_args(args + ["data.backend=dali"]))
+    out = finish(launch(run, shards, *common, "train.max_steps=6", config="configs/demo_pretrain.yaml", nproc=1),
+                 run_dir=run)
+    assert "at step 3 (elastic: saved by 2 ranks, now 1" in out
+    out = finish(launch(run, shards, *common, "train.max_steps=11", config="configs/demo_pretrain.yaml"), run_dir=run)
+    assert "at step 6 (elastic: saved by 1 ranks, now 2" in out
+    rows = [json.loads(line) for r in (0, 1) for line in (run / f"samples-rank{r}.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == list(range(1, 12))
+    first_pass = [k for r in rows for k, p in zip(r["keys"], r["passes"]) if p == 0]
+    keys = json.loads((shards / "manifest.json").read_text())["splits"]["pretrain"]["num_samples"]
+    assert len(first_pass) == keys == len(set(first_pass)) == 55
 
 
 # The paper configs run on their own datasets' formats in tests/test_paper_configs.py.

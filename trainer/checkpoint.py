@@ -14,7 +14,8 @@ so a crash while writing a new best leaves the recorded one intact. A best tag i
 complete checkpoint (and not the current run) refers to it.
 
 A crash during a save leaves the previous checkpoint valid. ``keep_last`` complete checkpoints are
-kept. Resuming with a different world size is refused (the loader states are per rank).
+kept. A checkpoint resumes on another number of ranks too (:func:`prepare_elastic`): the engine
+through DeepSpeed's universal checkpoint, the data position from every rank's loader state.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +107,21 @@ def save_best(engine, run_dir: str, step: int, rank: int, keep: set[str | None])
     return tag
 
 
-def load_best(engine, run_dir: str, tag: str, rank: int) -> None:
-    """Collective: load the weights of ``best/<tag>`` (no optimizer state). Under ZeRO-3 DeepSpeed reads
-    the tag from ``best/latest`` whatever it is told, so rank 0 first points that file at ``tag``."""
+def load_best(engine, run_dir: str, tag: str, rank: int, world: int) -> None:
+    """Collective: load the weights of ``best/<tag>`` (no optimizer state; for evaluation). Under ZeRO-3
+    DeepSpeed reads the tag from ``best/latest`` whatever it is told, so rank 0 first points that file
+    at ``tag``. A tag saved by another number of ranks (before an elastic resume) is read whole
+    (:func:`consolidated_weights`) and copied into the module, gathered under ZeRO-3."""
     root = Path(run_dir) / "best"
+    states = sorted((root / tag).glob("*mp_rank_00_model_states.pt"))
+    saved = torch.load(states[0], weights_only=False, map_location="cpu").get("dp_world_size") if states else world
+    if saved != world:
+        import deepspeed
+        weights = consolidated_weights(root, tag)
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0,
+                                               enabled=engine.zero_optimization_partition_weights()):
+            engine.module.load_state_dict(weights, strict=True)
+        return
     if rank == 0:
         tmp = root / ".latest.tmp"
         tmp.write_text(tag)
@@ -160,15 +174,62 @@ def resolve_resume(resume: str, run_dir: str) -> Path | None:
     return p
 
 
-def load_checkpoint(engine, path: Path, rank: int, world: int) -> tuple[int, dict]:
-    """Load engine + this rank's state. Returns (step, rank_state). Raises ValueError if the world
-    size differs from the one that saved it."""
+def checkpoint_world(path: Path) -> int:
+    """The number of data-parallel ranks that saved the checkpoint ``path``."""
+    return int(json.loads((Path(path) / "meta.json").read_text())["world"])
+
+
+def prepare_elastic(path: Path, rank: int, zero_stage: int) -> str:
+    """Collective, before the engine is built: make the checkpoint ``path`` loadable at another world
+    size and return the DeepSpeed tag to load. ZeRO stages 1-3 partition the optimizer state (and
+    under 3 the weights) by rank, so rank 0 converts ``state/`` once into a DeepSpeed universal
+    checkpoint ``universal/`` (``deepspeed.checkpoint.ds_to_universal``: one file per parameter and
+    state - fp32 weights, Adam moments - written to a temporary folder, then renamed), which an engine
+    built with ``checkpoint.load_universal`` re-partitions on load. Stage 0 keeps whole states: ``state``.
+    Raises RuntimeError (on every rank) with the converter's output when the conversion fails."""
+    if zero_stage == 0:
+        return "state"
+    out, error = Path(path) / "universal", None
+    if rank == 0 and not (out / "zero").is_dir():
+        tmp = Path(path) / ".universal-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(Path(path) / "state"), "--output_folder", str(tmp), "--inject_missing_state",
+                            "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and (tmp / "zero").is_dir():
+            os.replace(tmp, out)
+        else:
+            error = f"converting {path} to a universal checkpoint failed:\n{(r.stdout + r.stderr)[-3000:]}"
+    if dist.is_available() and dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise RuntimeError(error)
+    return "universal"
+
+
+def load_checkpoint(engine, path: Path, rank: int, world: int, tag: str = "state", seed: int = 0) -> tuple[int, dict]:
+    """Collective: load the engine from ``path/<tag>`` and this rank's state; returns (step, rank_state).
+
+    Same world size: this rank's own file (loader position, RNG states): the run goes on exactly as
+    an uninterrupted one. Another world size (``tag`` from :func:`prepare_elastic`): ``rank_state``
+    carries ``loader_states``, the loader states of *every* rank that saved it (for the loaders'
+    ``load_elastic_state``), and the RNGs are seeded from ``seed``, the rank and the step."""
     meta = json.loads((path / "meta.json").read_text())
-    if meta["world"] != world:
-        raise ValueError(f"checkpoint {path} was saved by {meta['world']} ranks and this run has {world}: the "
-                         f"data-loader positions are per rank, so resuming would replay or skip data. Resume with "
-                         f"{meta['world']} ranks, or start a new run with run.init_from={path}")
-    engine.load_checkpoint(str(path), tag="state", load_module_strict=True)
-    state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
-    set_rng_state(state.pop("rng"))
-    return int(meta["step"]), state
+    engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
+    engine._config.load_universal_checkpoint = False  # read by DeepSpeed at each load; later ones (best/) are not
+    step = int(meta["step"])
+    if meta["world"] == world:
+        state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
+        set_rng_state(state.pop("rng"))
+        return step, state
+    states = [torch.load(path / f"rank{r:05d}.pt", weights_only=False) for r in range(meta["world"])]
+    state = {k: v for k, v in states[0].items() if k not in ("rng", "loader")}
+    state["loader_states"] = [s["loader"] for s in states]
+    s = seed + rank + 1_000_003 * step
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return step, state

@@ -132,6 +132,7 @@ class LoggingConfig:
     every_steps: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
+    sample_keys: bool = False  # each rank appends the sample keys of every micro-batch to samples-rank<r>.jsonl
 
 
 @dataclass

@@ -38,6 +38,27 @@ class MetricsLogger:
             self.tb.close()
 
 
+class SampleKeyLog:
+    """Data provenance: ``write(step, batch)`` appends ``{"step", "keys", "passes"}`` (the optimizer
+    step the micro-batch belongs to, 1-based; its sample keys; the pass over the shards each was read
+    in, when the loader says) to ``run.dir/samples-rank<r>.jsonl`` (one file per rank; a killed
+    run's rows after its last checkpoint stay, the resumed run's follow)."""
+
+    def __init__(self, run_dir: str, rank: int, enabled: bool):
+        self.f = open(Path(run_dir) / f"samples-rank{rank}.jsonl", "a") if enabled else None
+
+    def write(self, step: int, batch: dict) -> None:
+        if self.f is not None:
+            passes = batch.get("pass")
+            self.f.write(json.dumps({"step": step, "keys": list(batch["video_id"]),
+                                     "passes": None if passes is None else [int(p) for p in passes]}) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
 def console_line(step: int, max_steps: int, m: dict) -> str:
     return (f"step {step}/{max_steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | grad-norm {m['grad_norm']:.3f} | "
             f"{m['clips_per_s']:.1f} clips/s | data-wait {m['data_wait_pct']:.0f}% | peak mem {m['peak_mem_gb']:.2f} GB")

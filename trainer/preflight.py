@@ -96,6 +96,22 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     return manifest
 
 
+def elastic_resume(cfg: Config, world: int) -> str | None:
+    """When ``cfg`` would resume from a checkpoint saved by another number of ranks than ``world``: a
+    one-line description of that resume (None otherwise). Raises ConfigError when the data loader
+    cannot resume at another world size (``data.backend=dali``): caught before a job queues."""
+    from trainer.checkpoint import checkpoint_world, resolve_resume
+    ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir) if cfg.checkpoint.resume != "none" else None
+    if ckpt is None or checkpoint_world(ckpt) == world:
+        return None
+    saved = checkpoint_world(ckpt)
+    if cfg.data.backend == "dali" and cfg.run.mode != "eval":
+        raise ConfigError(f"data.backend: 'dali' cannot resume {ckpt} (saved by {saved} ranks) on {world} ranks: "
+                          f"DALI's readers keep their position per rank. Use data.backend=cpu, or {saved} ranks")
+    return (f"resumes {ckpt} (saved by {saved} ranks) on {world} ranks: ZeRO state through a universal checkpoint, "
+            f"the unread samples of the interrupted pass dealt to the {world} ranks")
+
+
 def train_samples(cfg: Config, manifest: dict) -> int | None:
     """Samples in the split(s) the run trains on, from the manifest (None when it has none)."""
     splits = manifest.get("splits", {})

@@ -22,13 +22,14 @@ from models.factory import build_model, head_classes
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
-from trainer.checkpoint import consolidated_weights, load_best, load_checkpoint, resolve_resume, save_best, save_checkpoint
+from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
+                                resolve_resume, save_best, save_checkpoint)
 from trainer.config import Config, save_config, to_dict
 from trainer.distributed import init_distributed
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
-from trainer.preflight import preflight
+from trainer.preflight import elastic_resume, preflight
 from trainer.schedule import resolve_schedule, warmup_cosine
-from trainer.logs import MetricsLogger, console_line, plot_confusion, plot_curves
+from trainer.logs import MetricsLogger, SampleKeyLog, console_line, plot_confusion, plot_curves
 
 # Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
 # preemption/scancel, a user's kill) and SIGUSR2 (Slurm's --signal=USR2@90 before the time limit,
@@ -50,6 +51,23 @@ def git_commit() -> str | None:
                               timeout=5).stdout.strip() or None
     except Exception:
         return None
+
+
+def make_engine(model: nn.Module, cfg: Config, sched, universal: bool = False):
+    """The DeepSpeed engine of ``model``: AdamW over the SSM-aware parameter groups, warmup + cosine
+    learning rate, ``train.zero_stage``, bf16 when asked, micro-batch ``data.batch_size`` and the
+    schedule's (``sched``: :class:`trainer.schedule.Schedule`) gradient accumulation. ``universal``:
+    it will load a DeepSpeed universal checkpoint (an elastic resume under ZeRO 1-3)."""
+    import deepspeed
+    t = cfg.train
+    optimizer = torch.optim.AdamW(ssm_param_groups(model, t.lr, t.weight_decay, t.ssm_lr), lr=t.lr, betas=(0.9, 0.999))
+    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, sched.max_steps))
+    config = {"train_micro_batch_size_per_gpu": cfg.data.batch_size, "gradient_accumulation_steps": sched.grad_accum,
+              "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
+              "bf16": {"enabled": t.precision == "bf16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False,
+              "zero_allow_untested_optimizer": True, "checkpoint": {"load_universal": universal}}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr, config=config)
+    return engine
 
 
 class Trainer:
@@ -74,10 +92,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run, top to bottom
     def _run(self) -> int:
-        import deepspeed
-
         cfg = self.cfg
         manifest = preflight(cfg)  # a missing split, weights file or class mismatch stops here, before any process group
+        elastic_resume(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # e.g. DALI cannot resume on another world size
         self.classes = list(manifest.get("classes") or [])
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
@@ -99,6 +116,7 @@ class Trainer:
             save_config(cfg, run_dir)
         self.write_run_info(info)
         self.log = MetricsLogger(str(run_dir), self.rank == 0, cfg.logging.tensorboard)
+        self.sample_log = SampleKeyLog(str(run_dir), self.rank, cfg.logging.sample_keys)
         if bf16_on_cpu:
             self.print("train.precision: bf16 requested but no GPU: training in fp32")
 
@@ -117,20 +135,23 @@ class Trainer:
         self.sched = S = resolve_schedule(cfg, self.loader.num_samples, self.world)
         self.num_classes = cfg.model.num_classes or len(self.classes) or 1
         model = self.build_model()
-        optimizer = torch.optim.AdamW(ssm_param_groups(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.ssm_lr),
-                                      lr=cfg.train.lr, betas=(0.9, 0.999))
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.train.warmup_steps, S.max_steps))
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
-                                                    config=self.deepspeed_config())
+        ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
+        saved_world = checkpoint_world(ckpt) if ckpt is not None else self.world
+        tag = "state" if saved_world == self.world else prepare_elastic(ckpt, self.rank, cfg.train.zero_stage)
+        self.engine = make_engine(model, cfg, S, universal=tag == "universal")
 
         step, nonfinite, best = 0, 0, None
-        ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
         if ckpt is not None:
-            step, state = load_checkpoint(self.engine, ckpt, self.rank, self.world)
+            step, state = load_checkpoint(self.engine, ckpt, self.rank, self.world, tag, seed=cfg.run.seed)
             if cfg.run.mode != "eval":  # evaluation reads no training data: any backend may evaluate a checkpoint
-                self.loader.load_state_dict(state["loader"])
+                if saved_world == self.world:
+                    self.loader.load_state_dict(state["loader"])
+                else:
+                    self.loader.load_elastic_state(state["loader_states"])
             nonfinite, best = state.get("nonfinite", 0), state.get("best")
-            self.print(f"resumed from {ckpt} at step {step}")
+            self.print(f"resumed from {ckpt} at step {step}" + ("" if saved_world == self.world else
+                       f" (elastic: saved by {saved_world} ranks, now {self.world}; the unread samples of the "
+                       f"interrupted pass are dealt to the {self.world} ranks)"))
         if cfg.run.mode == "eval":
             return self.finish(step, best, evaluate_only=True)
 
@@ -151,6 +172,7 @@ class Trainer:
                     it = iter(self.loader)
                     batch = next(it)
                 window["wait"] += time.perf_counter() - t
+                self.sample_log.write(step + 1, batch)
                 loss = self.forward_loss(batch, step)
                 if not self.all_finite(loss):  # skip the whole step on every rank
                     losses = None
@@ -229,14 +251,6 @@ class Trainer:
             missing = [k for k in missing if ".s4_hat." not in k]
         self.print(f"init_from {ckpt}: {len(sd)} tensors loaded; missing keys {list(missing)}; "
                    f"unexpected keys {list(unexpected)}")
-
-    def deepspeed_config(self) -> dict:
-        t = self.cfg.train
-        return {"train_micro_batch_size_per_gpu": self.cfg.data.batch_size,
-                "gradient_accumulation_steps": self.sched.grad_accum,
-                "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
-                "bf16": {"enabled": t.precision == "bf16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False,
-                "zero_allow_untested_optimizer": True}
 
     def tokens(self, batch: dict, key: str = "video") -> torch.Tensor:
         """Decoder input (B, L, D) of a batch: its cached ``tokens`` (features backend), else the frozen
@@ -333,7 +347,7 @@ class Trainer:
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
                 best = self.validate(step, best)
-                load_best(self.engine, cfg.run.dir, best.get("tag", "state"), self.rank)
+                load_best(self.engine, cfg.run.dir, best.get("tag", "state"), self.rank, self.world)
             test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
             results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.classes,
@@ -396,6 +410,7 @@ class Trainer:
         if hasattr(self.loader, "close"):
             self.loader.close()
         self.log.close()
+        self.sample_log.close()
         self.engine.destroy()  # before the process group: ZeRO-3 otherwise may abort at exit on CPU
         if dist.is_initialized():
             dist.barrier()
