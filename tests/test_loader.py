@@ -65,41 +65,55 @@ def _in_queue(loader: VideoLoader) -> list[bool]:
     return [bool(st.get("queue")) for st in _stream_states(loader.dl.state_dict())]
 
 
+def _read(loaders: list[VideoLoader], batches: int | None = None) -> list[tuple[str, int]]:
+    """(key, pass) of the samples ``loaders`` yield, one batch of each in turn: ``batches`` rounds, or
+    (None) until every reader has left its elastic queue."""
+    its, got = [_endless(x) for x in loaders], []
+    for n in range(200):
+        if batches is not None and n == batches or \
+                batches is None and n >= 4 and not any(q for x in loaders for q in _in_queue(x)):
+            break
+        for it in its:
+            b = next(it)
+            got += list(zip(b["video_id"], b["pass"].tolist()))
+    return got
+
+
 @pytest.mark.parametrize("old,new", [((2, 1), (1, 2)), ((1, 2), (2, 0)), ((2, 2), (3, 1))],
-                         ids=["2x1-to-1x2", "1x2-to-2x0", "2x2-to-3x1"])
+                         ids=["2x1-1x2-2x1", "1x2-2x0-1x2", "2x2-3x1-2x2"])
 def test_elastic_resume_reads_each_sample_of_the_pass_once(demo_shards, tmp_path, old, new):
-    """(ranks x workers) -> other (ranks x workers), stopped mid-pass: the samples the old readers had
-    consumed plus those the new readers read from their elastic queues are the split's 63 keys, each
-    exactly once, and every new reader then goes on with the next pass."""
+    """(ranks x workers) stopped mid-pass, resumed on other (ranks x workers), stopped again before its
+    elastic queues are read, resumed on the first layout: the samples of the first pass read by all
+    three are the split's 63 keys, each exactly once; every reader then goes on with later passes."""
     shards = regroup(demo_shards, "train", [16, 16, 16, 15], tmp_path / "s")
     spec = dict(spec=ClipSpec(mode="train", frames=2, seconds=1.0), image_size=32, batch_size=1)
     every = [k for b in _loader(shards, world=1, num_workers=0, finite=True, **spec) for k in b["video_id"]]
     assert len(every) == 63 == len(set(every))
-    (ow, owk), (nw, nwk) = old, new
-    before = [_loader(shards, rank=r, world=ow, num_workers=owk, **spec) for r in range(ow)]
-    its, seen = [iter(x) for x in before], []
-    for _ in range(9):  # 9 batches of 1 per rank, mid-pass for every reader
-        for it in its:
-            seen += next(it)["video_id"]
-    states = [x.state_dict() for x in before]
-    for x in before:
-        x.close()
-    after = [_loader(shards, rank=r, world=nw, num_workers=nwk, **spec) for r in range(nw)]
-    its, from_queues, later = [], [], []
-    for x in after:
-        x.load_elastic_state(states)
-        its.append(_endless(x))
-    for _ in range(200):
-        for x, it in zip(after, its):
-            key = next(it)["video_id"][0]
-            wid = x.dl.state_dict().get("_snapshot", {}).get("_last_yielded_worker_id", 0)
-            (from_queues if _in_queue(x)[wid] else later).append(key)
-        if len(later) > 2 * nw * max(1, nwk) and not any(q for x in after for q in _in_queue(x)):
-            break
-    for x in after:
-        x.close()
-    assert sorted(seen + from_queues) == sorted(every), (len(seen), len(from_queues))
-    assert set(later) <= set(every)
+
+    def start(layout, states=None):
+        world, workers = layout
+        loaders = [_loader(shards, rank=r, world=world, num_workers=workers, **spec) for r in range(world)]
+        for x in loaders:
+            if states is not None:
+                x.load_elastic_state(states)
+        return loaders
+
+    def stop(loaders):
+        states = [x.state_dict() for x in loaders]
+        for x in loaders:
+            x.close()
+        return states
+
+    first = start(old)
+    got = _read(first, batches=9)  # mid-pass for every reader
+    second = start(new, stop(first))
+    got += _read(second, batches=2)
+    assert any(q for x in second for q in _in_queue(x))  # stopped again while the queues are being read
+    third = start(old, stop(second))
+    got += _read(third)
+    stop(third)
+    assert sorted(k for k, p in got if p == 0) == sorted(every)
+    assert {p for _, p in got} == {0, 1}
 
 
 RANK_SCRIPT = """

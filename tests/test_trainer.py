@@ -218,11 +218,12 @@ def test_elastic_resume_keeps_weights_and_optimizer_state_zero_1_2_3(tmp_path):
         assert_same_state(one, two_again, stage)
 
 
-def test_elastic_resume_2_to_1_to_2_ranks_reads_each_sample_of_the_pass_once(demo_shards, tmp_path):
-    """LSMCL pretraining under ZeRO-3 on 4 shards: 3 steps on 2 ranks, resumed on 1 rank for 3 steps,
-    then on 2 ranks for 5: the samples of the interrupted pass, as logged by every rank of every
-    attempt (logging.sample_keys), are the split's 55 keys, each exactly once. The launcher's plan
-    for a resubmission with one node announces the elastic resume, and refuses DALI before queueing."""
+def test_elastic_pretrain_2_to_1_ranks_reads_each_sample_of_the_pass_once(demo_shards, tmp_path):
+    """LSMCL pretraining under ZeRO-3 on 4 shards: 3 steps on 2 ranks, resumed on 1 rank for 8 more: the
+    samples of the interrupted pass, as logged by every rank of both attempts (logging.sample_keys),
+    are the split's 55 keys, each exactly once. The launcher's plan for a resubmission on one node
+    announces the elastic resume, and refuses DALI before anything queues. (More ranks and workers,
+    and a second resume before the first pass ends: tests/test_loader.py.)"""
     shards = repack(demo_shards, tmp_path / "s", {"pretrain": [14, 14, 14, 13]}, only=True)
     run = tmp_path / "run"
     common = ["train.zero_stage=3", "checkpoint.every_steps=1000", "logging.sample_keys=true"]
@@ -233,16 +234,13 @@ def test_elastic_resume_2_to_1_to_2_ranks_reads_each_sample_of_the_pass_once(dem
     assert "(saved by 2 ranks) on 1 ranks" in submit.plan(submit.build_parser().parse_args(args))[0].elastic
     with pytest.raises(ConfigError, match="'dali' cannot resume"):
         submit.plan(submit.build_parser().parse_args(args + ["data.backend=dali"]))
-    out = finish(launch(run, shards, *common, "train.max_steps=6", config="configs/demo_pretrain.yaml", nproc=1),
+    out = finish(launch(run, shards, *common, "train.max_steps=11", config="configs/demo_pretrain.yaml", nproc=1),
                  run_dir=run)
     assert "at step 3 (elastic: saved by 2 ranks, now 1" in out
-    out = finish(launch(run, shards, *common, "train.max_steps=11", config="configs/demo_pretrain.yaml"), run_dir=run)
-    assert "at step 6 (elastic: saved by 1 ranks, now 2" in out
     rows = [json.loads(line) for r in (0, 1) for line in (run / f"samples-rank{r}.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == list(range(1, 12))
     first_pass = [k for r in rows for k, p in zip(r["keys"], r["passes"]) if p == 0]
-    keys = json.loads((shards / "manifest.json").read_text())["splits"]["pretrain"]["num_samples"]
-    assert len(first_pass) == keys == len(set(first_pass)) == 55
+    assert len(first_pass) == len(set(first_pass)) == 55  # 24 read by 2 ranks, 31 of the 32 read by 1 after
 
 
 # The paper configs run on their own datasets' formats in tests/test_paper_configs.py.

@@ -23,8 +23,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,16 +189,24 @@ def prepare_elastic(path: Path, rank: int, zero_stage: int) -> str:
         return "state"
     out, error = Path(path) / "universal", None
     if rank == 0 and not (out / "zero").is_dir():
+        import argparse
+        import contextlib
+        import io
+        import traceback
+
+        from deepspeed.checkpoint import ds_to_universal
         tmp = Path(path) / ".universal-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(Path(path) / "state"), "--output_folder", str(tmp), "--inject_missing_state",
-                            "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                           capture_output=True, text=True)
-        if r.returncode == 0 and (tmp / "zero").is_dir():
+        args = argparse.Namespace(input_folder=str(Path(path) / "state"), output_folder=str(tmp), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+        said = io.StringIO()  # the converter prints a line per step and a progress bar per parameter
+        try:
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+                ds_to_universal.main(args)
             os.replace(tmp, out)
-        else:
-            error = f"converting {path} to a universal checkpoint failed:\n{(r.stdout + r.stderr)[-3000:]}"
+        except Exception:  # noqa: BLE001 - reported on every rank below
+            error = (f"converting {path} to a universal checkpoint failed:\n{said.getvalue()[-2000:]}\n"
+                     f"{traceback.format_exc()[-2000:]}")
     if dist.is_available() and dist.is_initialized():
         box = [error]
         dist.broadcast_object_list(box, src=0)
