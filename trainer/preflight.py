@@ -100,14 +100,19 @@ def elastic_resume(cfg: Config, world: int) -> str | None:
     """When ``cfg`` would resume from a checkpoint saved by another number of ranks than ``world``: a
     one-line description of that resume (None otherwise). Raises ConfigError when the data loader
     cannot resume at another world size (``data.backend=dali``): caught before a job queues."""
+    import torch
+
     from trainer.checkpoint import checkpoint_world, resolve_resume
-    ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir) if cfg.checkpoint.resume != "none" else None
+    ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
     if ckpt is None or checkpoint_world(ckpt) == world:
         return None
     saved = checkpoint_world(ckpt)
-    if cfg.data.backend == "dali" and cfg.run.mode != "eval":
-        raise ConfigError(f"data.backend: 'dali' cannot resume {ckpt} (saved by {saved} ranks) on {world} ranks: "
-                          f"DALI's readers keep their position per rank. Use data.backend=cpu, or {saved} ranks")
+    if cfg.run.mode != "eval":
+        read_by = torch.load(ckpt / "rank00000.pt", weights_only=False)["loader"].get("backend", "cpu")
+        if "dali" in (cfg.data.backend, read_by):
+            raise ConfigError(f"data.backend: {cfg.data.backend!r} cannot resume {ckpt} (saved by {saved} ranks, read "
+                              f"with {read_by!r}) on {world} ranks: DALI's readers keep their position per rank. "
+                              f"Resume on {saved} ranks{', or with data.backend=cpu' if read_by != 'dali' else ''}")
     return (f"resumes {ckpt} (saved by {saved} ranks) on {world} ranks: ZeRO state through a universal checkpoint, "
             f"the unread samples of the interrupted pass dealt to the {world} ranks")
 
