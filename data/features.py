@@ -194,13 +194,17 @@ class FeatureLoader:
         if sorted(s["rank"] for s in states) != list(range(old_world)):
             raise ValueError(f"elastic resume needs the loader state of each of the {old_world} ranks that saved it")
         indices = np.arange(self.num_samples)
-        consumed = set()
+        consumed, shares = set(), set()
         for s in states:
-            order = s.get("elastic", {}).get(epoch) or s.get("elastic", {}).get(str(epoch))
+            elastic = {int(e): o for e, o in s.get("elastic", {}).items()}
+            order = elastic.get(epoch)
             if order is None:
                 order = epoch_order(indices, self.seed, epoch, self.shuffle)[s["rank"]::old_world]
+            else:  # that run was itself resumed elastically in this epoch: only its shares were still to read
+                shares.update(int(i) for i in order)
             consumed.update(int(i) for i in order[:s["step"] * s.get("batch_size", self.batch_size)])
-        left = [int(i) for i in epoch_order(indices, self.seed, epoch, self.shuffle) if int(i) not in consumed]
+        left = [int(i) for i in epoch_order(indices, self.seed, epoch, self.shuffle)
+                if int(i) not in consumed and (not shares or int(i) in shares)]
         share = len(left) // self.world // self.batch_size * self.batch_size
         self.order.overrides[epoch] = np.asarray(left[self.rank::self.world][:share], dtype=np.int64)
         self.epoch, self.step = epoch, 0

@@ -93,6 +93,17 @@ def test_two_ranks_read_every_record_once_and_resume(demo_shards, tmp_path):
         assert len({len(r) for r in rest}) == 1  # equal shares: every rank the same number of steps
         read = seen + [k for r in rest for k in r]
         assert len(read) == len(set(read)) and n - 4 * new < len(read) <= n, (old, new, len(read))
+        hop = [FeatureLoader(path, 4, seed=3, rank=r, world=new) for r in range(new)]  # stopped again, back on `old`
+        hop_read = []
+        for x in hop:
+            x.load_elastic_state(states)
+            hop_read += keys([next(iter(x))])
+        back = [FeatureLoader(path, 4, seed=3, rank=r, world=old) for r in range(old)]
+        for x in back:
+            x.load_elastic_state([h.state_dict() for h in hop])
+            hop_read += keys(x)
+        read = seen + hop_read
+        assert len(read) == len(set(read)) and n - 4 * (new + old) < len(read) <= n, (old, new, len(read))
         again = FeatureLoader(path, 4, seed=3, rank=0, world=new)  # stopped again mid-way, resumed on as many
         again.load_elastic_state(states)
         next(iter(again))

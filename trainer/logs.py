@@ -45,7 +45,10 @@ class SampleKeyLog:
     run's rows after its last checkpoint stay, the resumed run's follow)."""
 
     def __init__(self, run_dir: str, rank: int, enabled: bool):
-        self.f = open(Path(run_dir) / f"samples-rank{rank}.jsonl", "a") if enabled else None
+        self.f = None
+        if enabled:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self.f = open(Path(run_dir) / f"samples-rank{rank}.jsonl", "a")
 
     def write(self, step: int, batch: dict) -> None:
         if self.f is not None:
