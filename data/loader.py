@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
 from data.cpu import ShardStream, decode_video
 from data.sources import deal_pieces, elastic_pieces, resolve_shards
 
+log = logging.getLogger("s5video.data")
 # torchdata 0.11 calls torch.set_vital on every iterator start; torch 2.13 deprecates it (harmless)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
@@ -261,11 +263,17 @@ class VideoLoader:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the decode workers now (idempotent): the loader's own shutdown (a sentinel to each worker,
         joined for a few seconds), then SIGKILL for any worker still alive, then join. After this the
-        process has no decode worker left for interpreter exit to wait on."""
+        process has no decode worker left for interpreter exit to wait on. A worker that dies while it
+        is being stopped (seen: a native decode thread aborting at the worker's exit, which the
+        loader's SIGCHLD handler turns into a RuntimeError here) is logged, not raised: stopping it
+        was the point, and its batches were not going to be used."""
         it = getattr(self.dl, "_iterator", None)
         workers = list(getattr(it, "_workers", []) or [])
         if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+            try:
+                it._shutdown_workers()  # its own `finally` unregisters the workers and terminates those left
+            except RuntimeError as e:
+                log.warning("rank %d: a decode worker died while being stopped (%s)", self.rank, e)
         for w in workers:
             if w.is_alive():
                 w.kill()
