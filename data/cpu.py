@@ -24,7 +24,7 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data.sources import FETCH_BACKOFF_S, ShardSet, assign_shards
+from data.sources import FETCH_BACKOFF_S, ShardSet, reader_entries
 
 log = logging.getLogger("s5video.data")
 
@@ -201,11 +201,7 @@ class ShardStream(IterableDataset):
         empty_passes = 0
         while True:
             queue = st.get("queue")
-            if queue:
-                entries = [(p, idx) for p, idx, *_ in queue]
-            else:
-                entries = [(st["pass"], idx) for idx in assign_shards(len(self.shards.urls), self.seed, st["pass"],
-                                                                      self.rank, self.world, worker, workers)]
+            entries = reader_entries(st, len(self.shards.urls), self.seed, self.rank, self.world, worker, workers)
             self.produced = False
             while st["shard"] < len(entries):
                 st["pass"], idx = entries[st["shard"]]

@@ -128,6 +128,15 @@ def assign_shards(num_shards: int, seed: int, epoch: int, rank: int, world: int,
     return [rng.randrange(num_shards) for _ in range(max(1, min_shards))]
 
 
+def reader_entries(state: dict, num_shards: int, seed: int, rank: int, world: int, worker: int,
+                   workers: int) -> list[tuple[int, int]]:
+    """``(pass, shard)`` a reader reads in its current list: its elastic ``queue`` when the state has
+    one, else its :func:`assign_shards` share of ``state["pass"]``."""
+    if state.get("queue"):
+        return [(p, idx) for p, idx, *_ in state["queue"]]
+    return [(state["pass"], idx) for idx in assign_shards(num_shards, seed, state["pass"], rank, world, worker, workers)]
+
+
 def reader_remainder(state: dict, num_shards: int, seed: int, rank: int, world: int, worker: int, workers: int,
                      upto_pass: int) -> list[list[int]]:
     """What one reader of a stopped run had still to read, up to and including ``upto_pass``, as
@@ -136,12 +145,8 @@ def reader_remainder(state: dict, num_shards: int, seed: int, rank: int, world: 
     pass), then its whole share of every later pass up to ``upto_pass``. ``state``: the reader's
     :class:`data.cpu.ShardStream` state; (rank, world, worker, workers): its place in that run."""
     pieces, queue = [], state.get("queue")
-    if queue:
-        entries, first_normal = [(p, idx) for p, idx, *_ in queue], state["next_pass"]
-    else:
-        entries = [(state["pass"], idx) for idx in assign_shards(num_shards, seed, state["pass"], rank, world, worker,
-                                                                 workers)]
-        first_normal = state["pass"] + 1
+    entries = reader_entries(state, num_shards, seed, rank, world, worker, workers)
+    first_normal = state["next_pass"] if queue else state["pass"] + 1
     for i in range(state["shard"], len(entries)):
         p, idx = entries[i]
         start = (state["sample"], state["output"]) if i == state["shard"] else tuple(queue[i][2:4]) if queue else (0, 0)
