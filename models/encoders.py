@@ -15,6 +15,11 @@ applying spatial max-pooling with a varying stride individually on each frame" (
 * ``vit_large_patch16_224_in21k`` - the paper's ViT-L/16 ImageNet-21k (1 CLS + 14 x 14 patch tokens
   x 1024 per frame) through transformers' ``ViTModel`` from a local checkpoint directory
   (``weights=``); mean = std = 0.5.
+* ``videomamba_{tiny,small,middle,debug}`` - a *video* encoder (seed 004): VideoMamba
+  (:mod:`models.videomamba`) over the whole clip; "cls" = its CLS hidden state (B, 1, D),
+  "cls+patch" = all hidden states (B, 1 + T*h*w, D), "patch" = the patch tokens on their (T, h, w)
+  grid. Weights from a local VideoMamba checkpoint file (``weights=``), else randomly initialised
+  (the debug flavour for tests); ImageNet mean/std.
 
 Encoders are frozen (no gradients, always in eval mode) and run under ``torch.inference_mode``;
 on CUDA they run in bf16 autocast.
@@ -138,7 +143,47 @@ class ViTEncoder(FrozenFrameEncoder):
         return h[:, 1:], (side, side), h[:, :1]  # (N, h*w, D), (h, w), (N, 1, D)
 
 
-ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder}
+class VideoMambaEncoder(FrozenFrameEncoder):
+    """Frozen VideoMamba over whole clips: video (B, T, 3, H, W) -> hidden states as configured
+    (see the module docstring). ``spatial_grid`` is not supported (ValueError)."""
+
+    has_cls = True
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+    flavour = "middle"  # a key of models.videomamba.FLAVOURS; one subclass per flavour in ENCODERS
+
+    def __init__(self, weights: str | None = None, frame_tokens: str = "cls", spatial_grid: int = 0):
+        super().__init__()
+        flavour = self.flavour
+        self.configure(frame_tokens, spatial_grid)
+        if spatial_grid:
+            raise ValueError("model.spatial_grid: not supported by the VideoMamba video encoder; use 0")
+        from models.videomamba import FLAVOURS, VideoMamba, load_videomamba_weights  # noqa: PLC0415
+        dim, depth = FLAVOURS[flavour]
+        with torch.random.fork_rng(devices=[]):  # without weights: the same random encoder in every process
+            torch.manual_seed(0)
+            self.net = VideoMamba(dim, depth, d_state=8 if flavour == "debug" else 16)
+        if weights:
+            load_videomamba_weights(self.net, weights)
+        self.dim = dim
+        self.freeze()
+
+    def forward(self, video: torch.Tensor):
+        B, T, _, H, W = video.shape
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
+            hidden = self.net(video)  # (B, 1 + T*h*w, D)
+        hidden = hidden.float().clone()  # a normal tensor again (see FrozenFrameEncoder.forward)
+        if self.frame_tokens == "cls":
+            return hidden[:, :1], None  # (B, 1, D)
+        if self.frame_tokens == "cls+patch":
+            return hidden, None  # (B, 1 + T*h*w, D)
+        p = self.net.patch_size
+        return hidden[:, 1:], (T, H // p, W // p)  # (B, T*h*w, D)
+
+
+ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder,
+            **{f"videomamba_{f}": type(f"VideoMamba{f.title()}Encoder", (VideoMambaEncoder,), {"flavour": f})
+               for f in ("tiny", "small", "middle", "debug")}}
 
 
 def create_encoder(name: str, weights: str | None = None, frame_tokens: str = "patch",

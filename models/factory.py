@@ -27,7 +27,9 @@ CONFIG_ARGS: dict[str, dict[str, str]] = {
     "performer": {**_DECODER, "num_features": "num_features"},
     "orthoformer": {**_DECODER, "num_landmarks": "num_landmarks"},
     "videomamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
+    "mlp_head": {"mlp_layers": "hidden", "dropout": "dropout", "mlp_layernorm": "layernorm"},
 }
+INPUT_WIDTH = {"mlp_head"}  # families that take the encoder's width as d_model (no input projection)
 
 
 def model_args(model_cfg: Any) -> dict:
@@ -76,4 +78,7 @@ class TokenModel(nn.Module):
 def build_model(model_cfg: Any, in_dim: int, num_classes: int) -> TokenModel:
     """The model of a ``model`` config section on top of a frozen encoder of width ``in_dim``;
     ``num_classes`` 0 gives the (B, D_out) features (LSMCL pretraining)."""
-    return TokenModel(model_cfg.name, in_dim, num_classes, **model_args(model_cfg))
+    args = model_args(model_cfg)
+    if family_of(model_cfg.name) in INPUT_WIDTH:
+        args["d_model"] = in_dim
+    return TokenModel(model_cfg.name, in_dim, num_classes, **args)

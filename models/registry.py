@@ -64,6 +64,11 @@ def _videomamba(**kw):
     return VideoMambaClassifier(**kw)
 
 
+def _mlp_head(**kw):
+    from models.heads import MLPHead  # noqa: PLC0415
+    return MLPHead(**kw)
+
+
 FULL = dict(num_classes=400, d_model=1024, depth=3)
 DEBUG = dict(num_classes=5, d_model=64, depth=3, dropout=0.0)
 register_model("vis4mer", **FULL, d_state=64)(_vis4mer)
@@ -80,3 +85,6 @@ register_model("orthoformer", **FULL, mixer="orthoformer", num_landmarks=128)(_a
 register_model("orthoformer_debug", **DEBUG, mixer="orthoformer", num_heads=2, num_landmarks=8)(_attention)
 register_model("videomamba", num_classes=400, d_model=192, depth=24)(_videomamba)
 register_model("videomamba_debug", num_classes=5, d_model=32, depth=2, d_state=8)(_videomamba)
+# seed 004: an MLP head over a frozen video encoder's hidden states (d_model = the encoder's width, set by the factory)
+register_model("mlp_head", num_classes=157, d_model=576, hidden=(1024, 1024), dropout=0.7)(_mlp_head)
+register_model("mlp_head_debug", num_classes=5, d_model=32, hidden=(16,), dropout=0.0)(_mlp_head)

@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from models import list_models
-from models.factory import CONFIG_ARGS, build_model, model_args
+from models.factory import CONFIG_ARGS, INPUT_WIDTH, build_model, model_args
 from models.registry import family_of
 from trainer.config import ModelConfig, load_config
 
 
 def test_every_config_argument_is_a_constructor_argument():
     from models.baselines import VideoMambaClassifier, make_attention_baseline
+    from models.heads import MLPHead
     from models.s5 import S5
     from models.vis4mer import ViS4mer, ViS4merDecoder
-    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "videomamba": [VideoMambaClassifier],
+    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "videomamba": [VideoMambaClassifier], "mlp_head": [MLPHead],
             **{f: [make_attention_baseline, ViS4merDecoder] for f in ("lst", "lst_full", "performer", "orthoformer")}}
     assert set(CONFIG_ARGS) == {family_of(n) for n in list_models()} == set(ctor)
     fields = set(vars(ModelConfig()))
@@ -32,7 +33,8 @@ def test_every_config_argument_is_a_constructor_argument():
 def test_every_registered_model_trains_from_a_config(width):
     """Each name, from the demo finetune config with only model.name and model.width changed (plus a
     small depth/state so the full flavours are quick): the input projection maps the encoder's 1280
-    channels to the width, the decoder runs at that width, and 8 AdamW steps fit a fixed batch."""
+    channels to the width, the decoder runs at that width, and 8 AdamW steps fit a fixed batch.
+    Seed 004's MLP head reads the encoder's width itself (no projection)."""
     torch.manual_seed(0)
     grid = (4, 2, 2)
     x = torch.randn(4, 16, 1280)  # (B, T * H' * W', D_enc): EfficientNet-Lite0 tokens
@@ -41,8 +43,11 @@ def test_every_registered_model_trains_from_a_config(width):
         cfg = load_config("configs/demo_finetune.yaml", [f"model.name={name}", f"model.width={width}",
                                                          "model.depth=2", "model.state_size=8", "model.dropout=0.0"])
         model = build_model(cfg.model, in_dim=1280, num_classes=3)
-        assert model.backbone.in_dim == width and model.proj.out_features == width, name
-        assert model_args(cfg.model)["d_model"] == width
+        if family_of(name) in INPUT_WIDTH:
+            assert model.backbone.in_dim == 1280 and isinstance(model.proj, torch.nn.Identity), name
+        else:
+            assert model.backbone.in_dim == width and model.proj.out_features == width, name
+            assert model_args(cfg.model)["d_model"] == width
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses = []
         for _ in range(8):

@@ -31,7 +31,7 @@ SMALL = [o for o in TINY if not o.startswith("run.init_from")] + [
 ONE_RANK = ["--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1"]
 SHARD = ["--fps", "4", "--short-side", "64", "--workers", "2", "--no-progress"]
 CASES = [("k600_pretrain", "kinetics", None), ("coin", "coin", None), ("breakfast", "breakfast", None),
-         ("charades", "charades", None)] + [(f"lvu_{t}", "lvu", t) for t in LVU_TASKS]
+         ("charades", "charades", None), ("charades_videomamba", "charades", None)] + [(f"lvu_{t}", "lvu", t) for t in LVU_TASKS]
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -59,7 +59,11 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
 
     run = tmp_path / "run"
     # the paper configs train S4 (NPLR); one trains the S4D flag, one ViS4mer with the paper's max_st pooling
-    variant = {"charades": ["model.kernel=s4d"], "lvu_relationship": ["model.name=vis4mer"]}.get(stage, [])
+    variant = {"charades": ["model.kernel=s4d"], "lvu_relationship": ["model.name=vis4mer"],
+               # seed 004: the debug VideoMamba video encoder; 2-s windows of the 3-s clips at 2 s, 1 s, 0.5 s
+               "charades_videomamba": ["model.encoder=videomamba_debug", "model.mlp_layers=[16]",
+                                       "data.eval_stride_seconds=2.0", "data.eval_strides_seconds=[0,1.0,0.5]"]
+               }.get(stage, [])
     if stage == "k600_pretrain":
         cmd = ["launchers/submit.py", "--local", *ONE_RANK, "pretrain"]
     else:
@@ -68,7 +72,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     results = json.loads((run / "results.json").read_text())
     resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4") and resolved["frame_tokens"] == "patch"
+    assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4")
+    assert resolved["frame_tokens"] == ("cls" if stage == "charades_videomamba" else "patch")
     assert results["steps"] == 2
     if stage == "k600_pretrain":  # LSMCL on train+test: the unlabelled Kinetics test CSV is pretraining data
         assert results["mode"] == "pretrain" and results["train"]["final_loss"] > 0
@@ -79,6 +84,18 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     assert results["val"]["videos"] == counts["val"] and results["test"]["videos"] == counts["test"]
     if m["task"] != "regression":
         assert len(results["classes"]) == len(m["classes"])
+    if stage == "charades_videomamba":  # seed 004's side-by-side strides = separate evaluations at each stride
+        by_stride = results["test_by_stride"]
+        assert list(by_stride) == ["2s", "1s", "0.5s"] and by_stride["2s"] == results["test"]
+        assert "test mAP by window stride (windows of 2 s): 2s (no overlap)" in r.stdout
+        ckpt = sorted((run / "checkpoints").glob("step*"))[-1]
+        r = _run(["trainer/main.py", "--config", "configs/charades_videomamba.yaml", f"data.shards={shards}",
+                  f"run.dir={tmp_path / 'eval'}", *SMALL, *variant, "run.mode=eval", f"checkpoint.resume={ckpt}",
+                  "data.eval_stride_seconds=0.5", "data.eval_strides_seconds=[]"])
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        alone = json.loads((tmp_path / "eval" / "results.json").read_text())["test"]
+        assert alone["mAP"] == pytest.approx(by_stride["0.5s"]["mAP"], abs=1e-6)
+        assert alone["mAP"] != pytest.approx(by_stride["2s"]["mAP"], abs=1e-6)  # the windows differ
 
 
 def test_missing_split_is_caught_before_training_or_queueing(demo_shards, tmp_path):

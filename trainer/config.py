@@ -55,6 +55,9 @@ class DataConfig:
     clip_seconds: float = 60.0  # span of one clip/window, seconds
     eval_stride_seconds: float = 1.0  # LVU protocol: windows every 1 s
     eval_clip: Literal["center", "full", "windows"] = "center"
+    # windows only: further strides (seconds; 0 = clip_seconds, no overlap) the test split is also
+    # evaluated at, reported side by side (seed 004's overlap table); model selection uses eval_stride_seconds
+    eval_strides_seconds: list[float] = field(default_factory=list)
     long_frames: int = 16  # LSMCL long clip T_long
     long_seconds: float = 16.0  # S_long
     short_frames: int = 4  # LSMCL short clip T_short
@@ -88,6 +91,8 @@ class ModelConfig:
     dropout: float | None = 0.2
     num_features: int | None = None  # Performer: random features m per head; null = the flavour's (256)
     num_landmarks: int | None = None  # Orthoformer: landmarks m per head; null = the flavour's (128)
+    mlp_layers: list[int] = field(default_factory=lambda: [1024, 1024])  # mlp_head: hidden widths (seed 004)
+    mlp_layernorm: bool = False  # mlp_head: LayerNorm after each hidden Linear (seed 004's best: off)
     keep_ratio: float = 0.5  # S5: fraction of tokens kept by the mask generator
     mask_generator: Literal[
         "linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random"
@@ -334,6 +339,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.mask_ratio: must be in [0, 1), got {cfg.model.mask_ratio}")
     if cfg.data.short_seconds > cfg.data.long_seconds and cfg.data.short_inside_long:
         raise ConfigError("data.short_seconds: must be <= data.long_seconds when data.short_inside_long is true")
+    if cfg.data.eval_strides_seconds and cfg.data.eval_clip != "windows":
+        raise ConfigError("data.eval_strides_seconds: needs data.eval_clip=windows (strides of sliding windows), "
+                          f"got eval_clip={cfg.data.eval_clip!r}")
+    if any(s < 0 for s in cfg.data.eval_strides_seconds):
+        raise ConfigError(f"data.eval_strides_seconds: must be >= 0 (0 = clip_seconds), got {cfg.data.eval_strides_seconds}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {cfg.checkpoint.keep_last}")
 

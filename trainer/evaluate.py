@@ -57,17 +57,19 @@ def per_video_predictions(video_ids: list[str], scores: torch.Tensor, labels: to
     return rows
 
 
-def eval_clip_spec(d) -> ClipSpec:
+def eval_clip_spec(d, stride: float | None = None) -> ClipSpec:
     """The clips evaluation cuts from each video, from the ``data`` config: every window of
-    ``clip_seconds`` at ``eval_stride_seconds`` (``eval_clip: windows``), or one centred / full clip."""
+    ``clip_seconds`` at ``eval_stride_seconds`` (``eval_clip: windows``; ``stride`` seconds instead
+    when given), or one centred / full clip."""
     if d.eval_clip == "windows":
-        return ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=d.eval_stride_seconds)
+        return ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride or d.eval_stride_seconds)
     return ClipSpec(mode="val", frames=d.frames, seconds=d.clip_seconds, val_clip=d.eval_clip)
 
 
 @torch.no_grad()
-def evaluate_split(trainer, split: str, details: bool = False):
-    """Metrics of the model on ``split`` (every video once, aggregated over its clips), on every rank.
+def evaluate_split(trainer, split: str, details: bool = False, stride: float | None = None):
+    """Metrics of the model on ``split`` (every video once, aggregated over its clips), on every rank;
+    ``stride``: the sliding windows' stride in seconds instead of ``data.eval_stride_seconds``.
 
     Returns ``metrics`` (loss, top1/top5 | mAP | mse, videos), or with ``details`` the pair
     ``(metrics, {"predictions": per-video rows, "confusion": (C, C) counts, rows = true class})``
@@ -76,7 +78,7 @@ def evaluate_split(trainer, split: str, details: bool = False):
     cfg = trainer.cfg
     d = cfg.data
     features = d.backend == "features"
-    loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d),
+    loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d, stride),
                           batch_size=d.batch_size, image_size=d.image_size,
                           mean=trainer.mean, std=trainer.std, rank=trainer.rank, world=trainer.world,
                           # decoded in this process: no worker start-up per evaluation

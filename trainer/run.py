@@ -318,9 +318,27 @@ class Trainer:
                         self.cfg.checkpoint.keep_last, best_tag=(best or {}).get("tag"))
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, split: str, details: bool = False):
+    def evaluate(self, split: str, details: bool = False, stride: float | None = None):
         from trainer.evaluate import evaluate_split
-        return evaluate_split(self, split, details)
+        return evaluate_split(self, split, details, stride)
+
+    def evaluate_strides(self, step: int, test: dict) -> dict:
+        """The test split at each of ``data.eval_strides_seconds`` (0 = the clip length, no overlap)
+        besides the configured stride (``test``: its metrics): {"<s>s": metrics}, printed side by
+        side (seed 004's table)."""
+        d = self.cfg.data
+        out = {f"{d.eval_stride_seconds:g}s": test}
+        for s in dict.fromkeys(x or d.clip_seconds for x in d.eval_strides_seconds):
+            if f"{s:g}s" in out:
+                continue
+            m = self.evaluate(d.test_split, stride=s)
+            out[f"{s:g}s"] = m
+            self.log.log(step, f"{d.test_split}_stride{s:g}s", **m)
+        key = {"classification": "top1", "multilabel": "mAP", "regression": "mse"}[self.cfg.model.task]
+        self.print(f"{d.test_split} {key} by window stride (windows of {d.clip_seconds:g} s): " + " | ".join(
+            f"{k}{' (no overlap)' if float(k[:-1]) >= d.clip_seconds else ''} {m.get(key, float('nan')):.4f}"
+            for k, m in out.items()))
+        return out
 
     def validate(self, step: int, best):
         """Evaluate on the validation split; keep the weights of the best one (selection on val only)."""
@@ -357,6 +375,8 @@ class Trainer:
                     f.writelines(json.dumps(r) + "\n" for r in details.get("predictions", []))
             self.print(f"{cfg.data.test_split} (model selected on {cfg.data.val_split} at step "
                        f"{(best or {}).get('step')}): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+            if cfg.data.eval_strides_seconds:
+                results["test_by_stride"] = self.evaluate_strides(step, test)
         if self.rank == 0:
             rows = [json.loads(l) for l in open(Path(cfg.run.dir) / "metrics.jsonl")] if \
                 (Path(cfg.run.dir) / "metrics.jsonl").exists() else []

@@ -1,0 +1,99 @@
+"""Seed 004's systems: the VideoMamba video encoder, the MLP head over its hidden states.
+
+References: the bidirectional mixer against a sequential recurrence written out step by step
+(Mamba's selective scan, one direction on the time-reversed sequence); a checkpoint written to a
+file in VideoMamba's layout and read back; the weighted average against its formula.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.encoders import create_encoder
+from models.heads import MLPHead
+from models.videomamba import BiMamba, VideoMamba
+
+
+def _direction_by_recurrence(m: BiMamba, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+    """One direction of the mixer, step by step: causal depthwise conv as a sum over past taps,
+    then h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t h_t + D x_t, gated by SiLU(z_t)."""
+    conv, xp, dtp = getattr(m, f"conv1d{sfx}"), getattr(m, f"x_proj{sfx}"), getattr(m, f"dt_proj{sfx}")
+    A = -torch.exp(getattr(m, "A_log" if not sfx else "A_b_log"))  # (E, N)
+    D = getattr(m, f"D{sfx}")
+    Bsz, L, E = x.shape
+    K = conv.weight.shape[-1]
+    h = torch.zeros(Bsz, E, A.shape[1])
+    ys = []
+    for t in range(L):
+        u = conv.bias.clone().expand(Bsz, E).clone()
+        for k in range(K):  # tap k sees x_{t - (K - 1 - k)}
+            s = t - (K - 1 - k)
+            if s >= 0:
+                u = u + conv.weight[:, 0, k] * x[:, s]
+        u = F.silu(u)  # (B, E)
+        dt, Bt, Ct = xp(u).split([m.dt_rank, m.d_state, m.d_state], -1)
+        dt = F.softplus(dtp(dt))  # (B, E)
+        h = torch.exp(dt[..., None] * A) * h + dt[..., None] * Bt[:, None, :] * u[..., None]  # (B, E, N)
+        ys.append(((h * Ct[:, None, :]).sum(-1) + D * u) * F.silu(z[:, t]))
+    return torch.stack(ys, 1)  # (B, L, E)
+
+
+def test_bidirectional_mixer_equals_the_sequential_recurrence():
+    torch.manual_seed(0)
+    m = BiMamba(d_model=8, d_state=4)
+    with torch.no_grad():  # both directions different, so a swapped branch would show
+        for p in (m.A_b_log, m.D_b, m.conv1d_b.weight):
+            p.mul_(1.5)
+    h = torch.randn(2, 9, 8)
+    with torch.no_grad():
+        x, z = m.in_proj(h).chunk(2, -1)
+        fwd = _direction_by_recurrence(m, x, z, "")
+        bwd = _direction_by_recurrence(m, x.flip(1), z.flip(1), "_b").flip(1)
+        ref = m.out_proj(fwd + bwd)
+        out = m(h)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    # the last token's output depends on the first token through the backward branch only
+    h2 = h.clone()
+    h2[:, -1] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(m(h2)[:, 0], out[:, 0])
+
+
+def test_videomamba_tokens_and_a_checkpoint_in_its_layout(tmp_path):
+    torch.manual_seed(0)
+    video = torch.randn(2, 4, 3, 32, 48)  # (B, T, 3, H, W): a 2 x 3 patch grid per frame
+    enc = create_encoder("videomamba_debug", None, "cls+patch")
+    hidden, grid = enc(video)
+    assert hidden.shape == (2, 1 + 4 * 2 * 3, 32) and grid is None
+    cls, _ = create_encoder("videomamba_debug", None, "cls")(video)
+    patch, pgrid = create_encoder("videomamba_debug", None, "patch")(video)
+    assert torch.equal(cls, hidden[:, :1]) and torch.equal(patch, hidden[:, 1:]) and pgrid == (4, 2, 3)
+
+    # a checkpoint as VideoMamba's training code saves it: {"model": state dict with a head}, 8 frames
+    src = VideoMamba(32, 2, d_state=8, num_frames=8)
+    sd = {**src.state_dict(), "head.weight": torch.zeros(400, 32), "head.bias": torch.zeros(400)}
+    torch.save({"model": sd}, tmp_path / "vm.pth")
+    loaded = create_encoder("videomamba_debug", str(tmp_path / "vm.pth"), "cls+patch")
+    ref = src.eval()(video)  # its own 8 temporal embeddings, interpolated to the 4 frames of the clip
+    assert torch.allclose(loaded(video)[0], ref, atol=1e-5)
+    for k, v in src.state_dict().items():
+        if k != "temporal_pos_embedding":
+            assert torch.equal(loaded.net.state_dict()[k], v), k
+
+    torch.save({"model": VideoMamba(48, 2, d_state=8).state_dict()}, tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match="model.encoder_weights: .*wide.pth"):
+        create_encoder("videomamba_debug", str(tmp_path / "wide.pth"), "cls")
+
+
+def test_mlp_head_weighted_average_of_hidden_states():
+    torch.manual_seed(0)
+    head = MLPHead(num_classes=3, d_model=6, hidden=(8, 8), dropout=0.7).eval()
+    with torch.no_grad():
+        head.pool.score.weight.normal_()
+    x = torch.randn(2, 5, 6)  # (B, L, D)
+    a = torch.softmax(x @ head.pool.score.weight[0] + head.pool.score.bias, dim=1)  # (B, L)
+    assert torch.allclose(head.pool(x), (a[..., None] * x).sum(1), atol=1e-6)
+    assert torch.allclose(head.pool(x[:, :1]), x[:, 0])  # CLS only: the token itself
+    assert head(x).shape == (2, 3) and not any(isinstance(m, torch.nn.LayerNorm) for m in head.modules())
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.7 for m in head.modules()) == 2
