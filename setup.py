@@ -31,6 +31,9 @@ setup(
         "tensorboard>=2.10",
         "matplotlib>=3.7",
         "submitit>=1.5.4",  # Slurm + local executors (launchers/); 1.5.3 needs pkg_resources
+        "sacrebleu>=2.4",  # captioning BLEU-1..4
+        "rouge-score>=0.1.2",  # captioning ROUGE-1/2 F
+        "gradio>=5",  # the web page (tools/app.py, make app)
     ],
     extras_require={
         # DALI: the CUDA 12 wheel also runs its CPU operators on machines without a GPU.
@@ -38,7 +41,7 @@ setup(
         "dali-cu13": ["nvidia-dali-cuda130>=2.0"],
         # FFCV feature cache; builds from source: needs scripts/install_system.sh's Debian packages
         "ffcv": ["ffcv==1.0.2", "pillow"],
-        "dev": ["pytest>=8"],
+        "dev": ["pytest>=8", "selenium>=4.20"],  # selenium drives Debian's chromium in the web page test
     },
     entry_points={"console_scripts": ["s5video-make-shards=tools.make_shards:main"]},
 )

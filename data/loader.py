@@ -49,6 +49,8 @@ class SampleMaker:
 
     def label(self, meta: dict):
         y = meta.get("label")
+        if self.task == "captioning":  # the class id when the dataset has one (provenance), else -1
+            return torch.tensor(y if isinstance(y, int) else -1, dtype=torch.int64)
         if self.task == "multilabel":
             out = torch.zeros(self.num_classes)
             out[[y] if isinstance(y, int) else list(y or [])] = 1.0  # a single-label dataset read as multi-label
@@ -92,6 +94,8 @@ class SampleMaker:
         outs = []
         for plan in plans:
             sample = {"label": self.label(meta), "video_id": meta.get("key", key)}
+            if self.task == "captioning":  # Charades' descriptions; the demo's captions per class range
+                sample["caption"] = meta.get("descriptions") or ""
             for name, (idx, bounds) in plan.items():
                 sample[name] = clip(idx)
                 sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)

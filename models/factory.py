@@ -28,8 +28,9 @@ CONFIG_ARGS: dict[str, dict[str, str]] = {
     "orthoformer": {**_DECODER, "num_landmarks": "num_landmarks"},
     "videomamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
     "mlp_head": {"mlp_layers": "hidden", "dropout": "dropout", "mlp_layernorm": "layernorm"},
+    "gpt2_captioner": {"width": "n_embd", "depth": "n_layer", "gpt2": "gpt2", "caption_beams": "num_beams", "caption_max_tokens": "max_tokens"},
 }
-INPUT_WIDTH = {"mlp_head"}  # families that take the encoder's width as d_model (no input projection)
+INPUT_WIDTH = {"mlp_head", "gpt2_captioner"}  # families that take the encoder's width as d_model (no input projection)
 
 
 def model_args(model_cfg: Any) -> dict:
@@ -67,8 +68,13 @@ class TokenModel(nn.Module):
     def forward_features(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
         return self.backbone.forward_features(self.proj(tokens), grid)  # (B, D_out)
 
-    def forward(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
-        return self.backbone(self.proj(tokens), grid)  # (B, num_classes)
+    def forward(self, tokens: torch.Tensor, grid=None, **kw) -> torch.Tensor:
+        """(B, num_classes) logits; a captioner takes ``captions=`` and returns its loss."""
+        return self.backbone(self.proj(tokens), grid, **kw)  # (B, num_classes)
+
+    def caption(self, tokens: torch.Tensor, **kw) -> list[str]:
+        """Captions of tokens (B, L, D_enc) (a captioning model only; ``num_beams``, ``max_tokens``)."""
+        return self.backbone.generate(self.proj(tokens), **kw)
 
     def update_momentum(self) -> None:
         if hasattr(self.backbone, "update_momentum"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TASKS = ("classification", "regression", "multilabel")
+TASKS = ("classification", "regression", "multilabel", "captioning")
 
 
 class WeightedTokenAverage(nn.Module):
@@ -69,6 +69,8 @@ def task_loss(task: str, logits: torch.Tensor, target: torch.Tensor, pos_weight:
         return F.cross_entropy(logits, target.long(), label_smoothing=label_smoothing)
     if task == "regression":
         return F.mse_loss(logits.reshape(-1), target.float().reshape(-1))
+    if task == "captioning":
+        raise ValueError("task 'captioning': the captioner computes its own cross-entropy (forward(..., captions=))")
     if task == "multilabel":
         pw = None
         if pos_weight is not None:

@@ -64,6 +64,11 @@ def _videomamba(**kw):
     return VideoMambaClassifier(**kw)
 
 
+def _captioner(**kw):
+    from models.captioner import GPT2Captioner  # noqa: PLC0415
+    return GPT2Captioner(**kw)
+
+
 def _mlp_head(**kw):
     from models.heads import MLPHead  # noqa: PLC0415
     return MLPHead(**kw)
@@ -88,3 +93,6 @@ register_model("videomamba_debug", num_classes=5, d_model=32, depth=2, d_state=8
 # seed 004: an MLP head over a frozen video encoder's hidden states (d_model = the encoder's width, set by the factory)
 register_model("mlp_head", num_classes=157, d_model=576, hidden=(1024, 1024), dropout=0.7)(_mlp_head)
 register_model("mlp_head_debug", num_classes=5, d_model=32, hidden=(16,), dropout=0.0)(_mlp_head)
+# seed 004: GPT-2 (small: 12 blocks x 768) cross-attending to the video tokens
+register_model("gpt2_captioner", d_model=576, n_layer=12, n_embd=768)(_captioner)
+register_model("gpt2_captioner_debug", d_model=32, n_layer=2, n_embd=32, max_tokens=48)(_captioner)

@@ -16,10 +16,11 @@ from trainer.config import ModelConfig, load_config
 
 def test_every_config_argument_is_a_constructor_argument():
     from models.baselines import VideoMambaClassifier, make_attention_baseline
+    from models.captioner import GPT2Captioner
     from models.heads import MLPHead
     from models.s5 import S5
     from models.vis4mer import ViS4mer, ViS4merDecoder
-    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "videomamba": [VideoMambaClassifier], "mlp_head": [MLPHead],
+    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "videomamba": [VideoMambaClassifier], "mlp_head": [MLPHead], "gpt2_captioner": [GPT2Captioner],
             **{f: [make_attention_baseline, ViS4merDecoder] for f in ("lst", "lst_full", "performer", "orthoformer")}}
     assert set(CONFIG_ARGS) == {family_of(n) for n in list_models()} == set(ctor)
     fields = set(vars(ModelConfig()))
@@ -34,7 +35,8 @@ def test_every_registered_model_trains_from_a_config(width):
     """Each name, from the demo finetune config with only model.name and model.width changed (plus a
     small depth/state so the full flavours are quick): the input projection maps the encoder's 1280
     channels to the width, the decoder runs at that width, and 8 AdamW steps fit a fixed batch.
-    Seed 004's MLP head reads the encoder's width itself (no projection)."""
+    Seed 004's MLP head and captioner read the encoder's width themselves (no projection); the
+    captioner fits the classes' names as captions."""
     torch.manual_seed(0)
     grid = (4, 2, 2)
     x = torch.randn(4, 16, 1280)  # (B, T * H' * W', D_enc): EfficientNet-Lite0 tokens
@@ -51,7 +53,10 @@ def test_every_registered_model_trains_from_a_config(width):
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses = []
         for _ in range(8):
-            loss = F.cross_entropy(model(x, grid=grid), y)
+            if family_of(name) == "gpt2_captioner":
+                loss = model(x, grid=grid, captions=[["zero", "one", "two"][i] for i in y])
+            else:
+                loss = F.cross_entropy(model(x, grid=grid), y)
             opt.zero_grad()
             loss.backward()
             opt.step()

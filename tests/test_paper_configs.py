@@ -10,6 +10,7 @@ config's own. Also: configuration errors stop before anything is queued or train
 """
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -31,7 +32,8 @@ SMALL = [o for o in TINY if not o.startswith("run.init_from")] + [
 ONE_RANK = ["--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1"]
 SHARD = ["--fps", "4", "--short-side", "64", "--workers", "2", "--no-progress"]
 CASES = [("k600_pretrain", "kinetics", None), ("coin", "coin", None), ("breakfast", "breakfast", None),
-         ("charades", "charades", None), ("charades_videomamba", "charades", None)] + [(f"lvu_{t}", "lvu", t) for t in LVU_TASKS]
+         ("charades", "charades", None), ("charades_videomamba", "charades", None),
+         ("charades_caption", "charades", None)] + [(f"lvu_{t}", "lvu", t) for t in LVU_TASKS]
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -62,7 +64,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     variant = {"charades": ["model.kernel=s4d"], "lvu_relationship": ["model.name=vis4mer"],
                # seed 004: the debug VideoMamba video encoder; 2-s windows of the 3-s clips at 2 s, 1 s, 0.5 s
                "charades_videomamba": ["model.encoder=videomamba_debug", "model.mlp_layers=[16]",
-                                       "data.eval_stride_seconds=2.0", "data.eval_strides_seconds=[0,1.0,0.5]"]
+                                       "data.eval_stride_seconds=2.0", "data.eval_strides_seconds=[0,1.0,0.5]"],
+               "charades_caption": ["model.encoder=videomamba_debug", "model.depth=1", "model.caption_max_tokens=16"],
                }.get(stage, [])
     if stage == "k600_pretrain":
         cmd = ["launchers/submit.py", "--local", *ONE_RANK, "pretrain"]
@@ -73,17 +76,24 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     results = json.loads((run / "results.json").read_text())
     resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4")
-    assert resolved["frame_tokens"] == ("cls" if stage == "charades_videomamba" else "patch")
+    assert resolved["frame_tokens"] == {"charades_videomamba": "cls", "charades_caption": "cls+patch"}.get(stage, "patch")
     assert results["steps"] == 2
     if stage == "k600_pretrain":  # LSMCL on train+test: the unlabelled Kinetics test CSV is pretraining data
         assert results["mode"] == "pretrain" and results["train"]["final_loss"] > 0
         assert "2 steps (0.5 epochs of 4)" in r.stdout  # 9 clips of train+test at 2 per step (train alone: 3)
         return
-    metric = {"classification": "top1", "regression": "mse", "multilabel": "mAP"}[m["task"]]
+    metric = {"classification": "top1", "regression": "mse", "multilabel": "mAP", "captioning": "loss"}[resolved["task"]]
     assert results["selected"]["metric"] == metric
     assert results["val"]["videos"] == counts["val"] and results["test"]["videos"] == counts["test"]
     if m["task"] != "regression":
         assert len(results["classes"]) == len(m["classes"])
+    if stage == "charades_caption":  # seed 004's captioner: BLEU/ROUGE against the CSV's descriptions
+        assert {"bleu1", "bleu2", "bleu3", "bleu4", "rouge1_f", "rouge2_f"} <= set(results["test"])
+        with open(tmp_path / "raw" / "Charades_v1_test.csv", newline="") as f:
+            descriptions = {row["id"]: row["descriptions"] for row in csv.DictReader(f)}
+        rows = [json.loads(l) for l in (run / "predictions_test.jsonl").read_text().splitlines()]
+        assert sorted(r["video_id"] for r in rows) == sorted(descriptions)
+        assert all(r["reference"] == descriptions[r["video_id"]] and isinstance(r["caption"], str) for r in rows)
     if stage == "charades_videomamba":  # seed 004's side-by-side strides = separate evaluations at each stride
         by_stride = results["test_by_stride"]
         assert list(by_stride) == ["2s", "1s", "0.5s"] and by_stride["2s"] == results["test"]
@@ -123,6 +133,7 @@ def test_missing_split_is_caught_before_training_or_queueing(demo_shards, tmp_pa
     ("model.pool=max_st", "model.pool: 'max_st' is not allowed for S5"),
     ("model.frame_tokens=cls", "model.frame_tokens: efficientnet_lite0 has no CLS token"),
     ("model.name=s6", "model.name: 's6' not allowed; allowed values:"),
+    ("model.task=captioning", "model.task: 'captioning' with model.name='s5': captioning needs a captioner"),
 ])
 def test_bad_setting_is_one_clear_line_before_anything_runs(demo_shards, tmp_path, override, message):
     r = _run(["launchers/submit.py", "--dry-run", "finetune", "demo", f"data.shards={demo_shards}", override],

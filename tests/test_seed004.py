@@ -97,3 +97,64 @@ def test_mlp_head_weighted_average_of_hidden_states():
     assert torch.allclose(head.pool(x[:, :1]), x[:, 0])  # CLS only: the token itself
     assert head(x).shape == (2, 3) and not any(isinstance(m, torch.nn.LayerNorm) for m in head.modules())
     assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.7 for m in head.modules()) == 2
+
+
+def test_caption_metrics_equal_their_formulas():
+    """BLEU-n = BP x geometric mean of clipped 1..n-gram precisions over the corpus; ROUGE-n F = the
+    harmonic mean of n-gram recall and precision, averaged over captions (sentences lower-case,
+    no punctuation, so tokenisers agree)."""
+    import math
+    from collections import Counter
+
+    from trainer.evaluate import caption_metrics
+    hyps = ["a person opens a box", "a man is sitting on the sofa"]
+    refs = ["a person opens a box on the table", "a man sits on the sofa"]
+
+    def grams(s, n):
+        w = s.split()
+        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+
+    def bleu(n):
+        logp = 0.0
+        for k in range(1, n + 1):
+            match = sum(sum((grams(h, k) & grams(r, k)).values()) for h, r in zip(hyps, refs))
+            total = sum(sum(grams(h, k).values()) for h in hyps)
+            logp += math.log(match / total) / n
+        c, r = sum(len(h.split()) for h in hyps), sum(len(r.split()) for r in refs)
+        return min(1.0, math.exp(1 - r / c)) * math.exp(logp)
+
+    def rouge(n):
+        f = []
+        for h, r in zip(hyps, refs):
+            m = sum((grams(h, n) & grams(r, n)).values())
+            p, rc = m / sum(grams(h, n).values()), m / sum(grams(r, n).values())
+            f.append(0.0 if m == 0 else 2 * p * rc / (p + rc))
+        return sum(f) / len(f)
+
+    m = caption_metrics(hyps, refs)
+    for n in range(1, 5):
+        assert m[f"bleu{n}"] == pytest.approx(bleu(n), rel=1e-6), n
+    assert m["rouge1_f"] == pytest.approx(rouge(1)) and m["rouge2_f"] == pytest.approx(rouge(2))
+
+
+@pytest.mark.parametrize("frame_tokens, length", [("cls", 1), ("cls+patch", 9)])
+def test_gpt2_captioner_learns_captions_and_decodes_them_greedy_and_by_beam(frame_tokens, length):
+    """Video tokens (B, L, D) of two clips -> their captions after training, by greedy decoding and
+    by beam search; L = 1 (CLS only) or all hidden states, through cross-attention."""
+    from models.registry import create_model
+    torch.manual_seed(0)
+    model = create_model("gpt2_captioner_debug", d_model=16, max_tokens=32)
+    assert len(model.tokenizer) == 257 and model.gpt.config.add_cross_attention
+    x = torch.randn(2, length, 16)
+    captions = ["a person opens a box.", "two dogs run on grass."]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = model(x, captions=captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert loss.item() < 0.1
+    assert model.generate(x) == captions
+    assert model.generate(x, num_beams=3) == captions
+    assert len(model.generate(x, max_tokens=5)[0]) <= 5  # byte-level: 5 tokens = at most 5 characters

@@ -493,6 +493,7 @@ def demo_items(cache: str, clip_seconds: float = 2.0, stride_seconds: float = 1.
     non-overlapping ``pretrain_clip_seconds`` segments of the film outside every class range."""
     src = fetch_demo_footage(cache)
     classes = [c[0] for c in DEMO_CLASSES]
+    captions = json.loads((Path(__file__).parent / "demo_captions.json").read_text())
     items = []
     for ci, (name, source, a, b) in enumerate(DEMO_CLASSES):
         for split, fa, fb in DEMO_SPLITS:
@@ -501,9 +502,10 @@ def demo_items(cache: str, clip_seconds: float = 2.0, stride_seconds: float = 1.
             while t < s1 - 1e-6:
                 e = min(t + clip_seconds, s1)
                 if e - t >= min(clip_seconds, s1 - s0) * 0.5:
+                    caption = captions[name][len([i for i in items if i.label == ci]) % len(captions[name])]
                     items.append(Item(key=f"{name}_{int(round(t * 1000)):07d}", path=src[source], split=split,
                                       label=ci, label_name=name, start=round(t, 3), end=round(e, 3),
-                                      extra={"dataset": "demo", "source_name": source}))
+                                      extra={"dataset": "demo", "source_name": source, "descriptions": caption}))
                 t += stride_seconds
     if pretrain:
         source, a, b = DEMO_PRETRAIN

@@ -76,7 +76,7 @@ class ModelConfig:
     encoder: str = "efficientnet_lite0"
     encoder_weights: str | None = None  # local checkpoint path, None = packaged default
     num_classes: int = 0  # 0 = from the shards' manifest
-    task: Literal["classification", "regression", "multilabel"] = "classification"
+    task: Literal["classification", "regression", "multilabel", "captioning"] = "classification"
     # Encoder tokens per frame (ViS4mer section 4.3, Table 3 / Fig. 3): "patch" = the patch grid
     # (ViT-L/16: 14 x 14 = 196), "cls" = the CLS token only (1; 60 frames -> 60 tokens),
     # "cls+patch" = both (197, no grid: max_st pooling cannot run on it)
@@ -93,6 +93,9 @@ class ModelConfig:
     num_landmarks: int | None = None  # Orthoformer: landmarks m per head; null = the flavour's (128)
     mlp_layers: list[int] = field(default_factory=lambda: [1024, 1024])  # mlp_head: hidden widths (seed 004)
     mlp_layernorm: bool = False  # mlp_head: LayerNorm after each hidden Linear (seed 004's best: off)
+    gpt2: str | None = None  # gpt2_captioner: local GPT-2 directory (transformers format); null = a new GPT-2
+    caption_beams: int = 1  # gpt2_captioner: 1 = greedy decoding, > 1 = beam search with that many beams
+    caption_max_tokens: int = 128  # gpt2_captioner: longest caption, tokens (seed 004: 128)
     keep_ratio: float = 0.5  # S5: fraction of tokens kept by the mask generator
     mask_generator: Literal[
         "linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random"
@@ -114,6 +117,7 @@ class TrainConfig:
     lr: float = 1e-3
     ssm_lr: float = 1e-3  # the SSM parameters' group (A, B, dt, P): this lr, weight decay 0
     weight_decay: float = 0.01
+    adam_eps: float = 1.0e-8  # AdamW epsilon (seed 004's captioner: 1e-6)
     warmup_steps: int = 100
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16"] = "bf16"
@@ -344,6 +348,9 @@ def validate(cfg: Config) -> None:
                           f"got eval_clip={cfg.data.eval_clip!r}")
     if any(s < 0 for s in cfg.data.eval_strides_seconds):
         raise ConfigError(f"data.eval_strides_seconds: must be >= 0 (0 = clip_seconds), got {cfg.data.eval_strides_seconds}")
+    if cfg.model.caption_beams < 1 or cfg.model.caption_max_tokens < 1:
+        raise ConfigError("model.caption_beams / model.caption_max_tokens: must be >= 1, got "
+                          f"{cfg.model.caption_beams} / {cfg.model.caption_max_tokens}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {cfg.checkpoint.keep_last}")
 

@@ -13,6 +13,54 @@ from data import build_loader
 from data.clips import ClipSpec
 
 
+SELECTION_METRIC = {"classification": "top1", "multilabel": "mAP", "regression": "mse", "captioning": "loss"}
+
+
+def caption_metrics(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU-1..4 (sacrebleu, 13a tokenisation; BLEU-n = brevity penalty x geometric mean of the
+    1..n-gram precisions, Papineni et al. 2002) and mean ROUGE-1 / ROUGE-2 F-measures (rouge-score,
+    Lin 2004), all in [0, 1] as seed 004 reports them. One reference per hypothesis."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+    m = {f"bleu{n}": BLEU(max_ngram_order=n).corpus_score(hypotheses, [references]).score / 100 for n in range(1, 5)}
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"])
+    scores = [scorer.score(r, h) for h, r in zip(hypotheses, references)]
+    for k in ("rouge1", "rouge2"):
+        m[f"{k}_f"] = sum(s[k].fmeasure for s in scores) / max(1, len(scores))
+    return m
+
+
+@torch.no_grad()
+def evaluate_captions(trainer, loader, split: str, details: bool):
+    """A captioner on ``split``: teacher-forced loss per clip, and one generated caption per video
+    (its first clip) scored against the video's caption. Every rank decodes its own videos (ZeRO 0-2:
+    no collective inside forward), the rows are gathered."""
+    engine = trainer.engine
+    engine.eval()
+    rows, losses = {}, []
+    for batch in loader:
+        tokens = trainer.tokens(batch, "video")  # (B, L, D)
+        losses.append((engine(tokens, grid=trainer.grid, captions=list(batch["caption"])).item(), len(tokens)))
+        first = [i for i, v in enumerate(batch["video_id"]) if v not in rows]
+        if first:
+            caps = engine.module.caption(tokens[first])
+            for i, c in zip(first, caps):
+                rows[batch["video_id"][i]] = {"video_id": batch["video_id"][i], "reference": batch["caption"][i],
+                                              "caption": c}
+    engine.train()
+    local = (list(rows.values()), losses)
+    parts = [None] * trainer.world if dist.is_initialized() else [local]
+    if dist.is_initialized():
+        dist.all_gather_object(parts, local)
+    rows = list({r["video_id"]: r for p in parts for r in p[0]}.values())
+    n = sum(w for p in parts for _, w in p[1])
+    if not rows:
+        return ({}, {}) if details else {}
+    metrics = {"loss": sum(l * w for p in parts for l, w in p[1]) / max(1, n),
+               **caption_metrics([r["caption"] for r in rows], [r["reference"] for r in rows]), "videos": len(rows)}
+    return (metrics, {"predictions": rows}) if details else metrics
+
+
 def aggregate_per_video(video_ids: list[str], outputs: torch.Tensor, labels: torch.Tensor, task: str):
     """Combine clip outputs (N, C) per video: classification sums softmax scores, multi-label averages
     sigmoid scores, regression averages. Returns (scores (V, C), labels (V, ...)) in video order."""
@@ -85,6 +133,8 @@ def evaluate_split(trainer, split: str, details: bool = False, stride: float | N
                           seed=cfg.run.seed, num_workers=0, task=cfg.model.task,
                           num_classes=trainer.num_classes, finite=True, features=d.features,
                           cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
+    if cfg.model.task == "captioning":
+        return evaluate_captions(trainer, loader, split, details)
     engine = trainer.engine
     engine.eval()
     ids, outs, labs = [], [], []

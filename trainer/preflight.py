@@ -129,8 +129,8 @@ def train_samples(cfg: Config, manifest: dict) -> int | None:
 def _check_task(cfg: Config, manifest: dict) -> None:
     m = cfg.model
     task, classes = manifest.get("task"), manifest.get("classes") or []
-    compatible = {"classification": {"classification", "multilabel"}, "multilabel": {"multilabel"},
-                  "regression": {"regression"}}
+    compatible = {"classification": {"classification", "multilabel", "captioning"},
+                  "multilabel": {"multilabel", "captioning"}, "regression": {"regression"}}
     if task and m.task not in compatible.get(task, {m.task}):
         raise ConfigError(f"model.task: {m.task!r}, but the shards in {cfg.data.shards} are a {task} dataset; "
                           f"set model.task={task}")
@@ -150,13 +150,28 @@ def _check_model(cfg: Config) -> None:
         family = family_of(m.name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if (family == "gpt2_captioner") != (m.task == "captioning"):
+        raise ConfigError(f"model.task: {m.task!r} with model.name={m.name!r}: captioning needs a captioner "
+                          "(gpt2_captioner, gpt2_captioner_debug) and a captioner needs model.task=captioning")
+    if m.task == "captioning":
+        if cfg.train.zero_stage == 3:
+            raise ConfigError("train.zero_stage: 3 is not allowed for captioning (ranks generate captions of "
+                              "different lengths; ZeRO-3 gathers weights collectively in every forward); "
+                              "allowed values: 0, 1, 2")
+        if cfg.data.backend in ("dali", "features"):
+            raise ConfigError(f"data.backend: {cfg.data.backend!r} does not carry captions; allowed values for "
+                              "captioning: auto, cpu")
+        if m.gpt2 and not Path(m.gpt2).is_dir():
+            raise ConfigError(f"model.gpt2: {m.gpt2} is not a local GPT-2 directory (transformers format); "
+                              "model.gpt2=null trains a new GPT-2")
     if "cls" in m.frame_tokens and not ENCODERS[m.encoder].has_cls:
         raise ConfigError(f"model.frame_tokens: {m.encoder} has no CLS token; use frame_tokens=patch (with "
                           "model.spatial_grid=1 for one token per frame)")
     if family == "s5" and m.pool == "max_st":
         raise ConfigError("model.pool: 'max_st' is not allowed for S5 (its selected tokens are no longer on a grid); "
                           "allowed values: avg1d, none, null (= avg1d)")
-    pool = m.pool or {"s5": "avg1d", "videomamba": None}.get(family, "max_st")
+    from models.factory import CONFIG_ARGS
+    pool = (m.pool or {"s5": "avg1d"}.get(family, "max_st")) if "pool" in CONFIG_ARGS[family] else None
     if pool == "max_st" and m.frame_tokens == "cls+patch":
         raise ConfigError(f"model.pool: max_st (the default of {m.name}) needs tokens on a grid; model.frame_tokens="
                           "cls+patch has none. Use frame_tokens=patch or cls, or model.pool=avg1d")

@@ -22,6 +22,7 @@ from models.factory import build_model, head_classes
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
+from trainer.evaluate import SELECTION_METRIC
 from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
                                 resolve_resume, save_best, save_checkpoint)
 from trainer.config import Config, save_config, to_dict
@@ -60,7 +61,8 @@ def make_engine(model: nn.Module, cfg: Config, sched, universal: bool = False):
     it will load a DeepSpeed universal checkpoint (an elastic resume under ZeRO 1-3)."""
     import deepspeed
     t = cfg.train
-    optimizer = torch.optim.AdamW(ssm_param_groups(model, t.lr, t.weight_decay, t.ssm_lr), lr=t.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(ssm_param_groups(model, t.lr, t.weight_decay, t.ssm_lr), lr=t.lr, betas=(0.9, 0.999),
+                                  eps=t.adam_eps)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, sched.max_steps))
     config = {"train_micro_batch_size_per_gpu": cfg.data.batch_size, "gradient_accumulation_steps": sched.grad_accum,
               "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
@@ -220,7 +222,8 @@ class Trainer:
                             short_inside_long=d.short_inside_long)
         else:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds)
-        return build_loader(d.backend, d.shards, d.train_split, spec, features=d.features,
+        backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
+        return build_loader(backend, d.shards, d.train_split, spec, features=d.features,
                             batch_size=d.batch_size, image_size=d.image_size, mean=self.mean,
                             std=self.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
                             num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes,
@@ -275,6 +278,8 @@ class Trainer:
         if self.cfg.run.mode == "pretrain":  # long and short clips alternately query and key
             query = "short" if step % 2 == 0 else "long"
             return self.engine(self.encode(batch["long"]), self.encode(batch["short"]), query=query)
+        if self.cfg.model.task == "captioning":  # the captioner's own cross-entropy on the batch's captions
+            return self.engine(self.tokens(batch, "video"), grid=self.grid, captions=list(batch["caption"]))
         out = self.engine(self.tokens(batch, "video"), grid=self.grid)
         return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=2.0
                          if self.cfg.model.task == "multilabel" else None, label_smoothing=self.cfg.train.label_smoothing)
@@ -334,7 +339,7 @@ class Trainer:
             m = self.evaluate(d.test_split, stride=s)
             out[f"{s:g}s"] = m
             self.log.log(step, f"{d.test_split}_stride{s:g}s", **m)
-        key = {"classification": "top1", "multilabel": "mAP", "regression": "mse"}[self.cfg.model.task]
+        key = SELECTION_METRIC[self.cfg.model.task]
         self.print(f"{d.test_split} {key} by window stride (windows of {d.clip_seconds:g} s): " + " | ".join(
             f"{k}{' (no overlap)' if float(k[:-1]) >= d.clip_seconds else ''} {m.get(key, float('nan')):.4f}"
             for k, m in out.items()))
@@ -345,8 +350,8 @@ class Trainer:
         m = self.evaluate(self.cfg.data.val_split)
         self.log.log(step, self.cfg.data.val_split, **m)
         self.print(f"step {step} {self.cfg.data.val_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
-        key = {"classification": "top1", "multilabel": "mAP", "regression": "mse"}[self.cfg.model.task]
-        improved = best is None or (m[key] < best["value"] if key == "mse" else m[key] > best["value"])
+        key = SELECTION_METRIC[self.cfg.model.task]
+        improved = best is None or (m[key] < best["value"] if key in ("mse", "loss") else m[key] > best["value"])
         if improved:
             tag = save_best(self.engine, self.cfg.run.dir, step, self.rank, keep={(best or {}).get("tag")})
             best = {"step": step, "value": m[key], "metric": key, "val": m, "tag": tag}
