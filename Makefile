@@ -9,7 +9,7 @@ STAMP := $(VENV)/.s5video-installed
 DEMO_SHARDS ?= cache/demo_shards
 PYTEST_ARGS ?=
 
-.PHONY: install system test demo shards-demo bench clean
+.PHONY: install system test demo shards-demo bench clean app
 
 system:
 	bash scripts/install_system.sh
@@ -38,6 +38,13 @@ shards-demo: install
 demo: shards-demo
 	rm -rf runs/demo
 	$(PY) launchers/submit.py --local pipeline --config configs/demo_pretrain.yaml data.shards=$(DEMO_SHARDS)
+
+# The web page (gradio) on http://127.0.0.1:7860: upload a video -> top-5 classes, windows, a caption.
+# After `make demo`: its finetuned S5 and its captioner (each exported on first use).
+APP_MODEL ?= runs/demo/finetune
+APP_CAPTIONER ?= runs/demo/caption
+app: install
+	$(PY) tools/app.py --model $(APP_MODEL) --captioner $(APP_CAPTIONER)
 
 bench: install
 	$(PY) benchmarks/make_shards.py

@@ -91,6 +91,12 @@ def table(summary: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, r in summary["stages"].items():  # captioners: their own metrics, one line each
+        t = r.get("test") or {}
+        if "bleu4" in t:
+            lines.append(f"{name} ({r['model']}, {r['steps']} steps): test BLEU-1 {t['bleu1']:.3f}, BLEU-4 "
+                         f"{t['bleu4']:.3f}, ROUGE-1 F {t['rouge1_f']:.3f}, ROUGE-2 F {t['rouge2_f']:.3f} "
+                         f"({t.get('videos')} test videos)")
     for c in summary["claims"].values():
         lines.append(f"{c['claim']}: {c['with']} {c['test_top1_with']:.3f} vs {c['without']} "
                      f"{c['test_top1_without']:.3f} -> {'holds' if c['holds_here'] else 'does NOT hold'} here "

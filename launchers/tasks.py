@@ -3,7 +3,7 @@
 A task is a config under ``configs/``: ``coin``, ``breakfast``, ``charades``, the nine LVU tasks
 as ``lvu_<task>`` (``configs/lvu/<task>.yaml``) and the demo: ``demo`` (S5, initialised from the
 LSMCL pretraining in a pipeline), ``demo_scratch`` (S5, no pretraining) and ``demo_vis4mer``
-(plain ViS4mer, no token selection, no pretraining). A path to a YAML file is a task too.
+(plain ViS4mer, no token selection, no pretraining), ``demo_caption`` (seed 004's GPT-2 captioner). A path to a YAML file is a task too.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 _SPECIAL = {"demo": "demo_finetune.yaml", "demo_scratch": "demo_finetune_scratch.yaml",
-            "demo_vis4mer": "demo_finetune_vis4mer.yaml"}
+            "demo_vis4mer": "demo_finetune_vis4mer.yaml", "demo_caption": "demo_caption.yaml"}
 
 
 def list_tasks() -> list[str]:

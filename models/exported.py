@@ -26,11 +26,21 @@ FORMAT = "s5video-export/1"
 
 def save_exported(path: str | Path, weights: dict[str, torch.Tensor], config: dict, classes: list[str],
                   **info: str) -> None:
-    """Write ``weights`` (the decoder's state dict) with the config and class names as metadata."""
+    """Write ``weights`` (the decoder's state dict) with the config and class names as metadata.
+    Tied tensors (one storage under two names, e.g. GPT-2's ``lm_head.weight`` = ``wte.weight``) are
+    stored once; the metadata's ``aliases`` restores the other names on load."""
     from safetensors.torch import save_file
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    tensors, aliases, seen = {}, {}, {}
+    for k, v in weights.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        tensors[k] = v.detach().to("cpu").contiguous()
     meta = {"format": FORMAT, "config": json.dumps(config), "classes": json.dumps(classes),
-            **{k: str(v) for k, v in info.items()}}
+            "aliases": json.dumps(aliases), **{k: str(v) for k, v in info.items()}}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -53,6 +63,15 @@ class ExportedModel(nn.Module):
         tokens, grid = self.encoder(video)  # (B, L, D), (T, H', W')
         return self.decode(tokens, grid)
 
+    @torch.no_grad()
+    def caption(self, video: torch.Tensor) -> list[str]:
+        """Captions of clips (B, T, 3, S, S) (a captioning export), decoded as the run was configured
+        (``model.caption_beams``, ``model.caption_max_tokens``). Raises ValueError for another task."""
+        if self.task != "captioning":
+            raise ValueError(f"this export is a {self.task} model, not a captioner")
+        tokens, _ = self.encoder(video)  # (B, L, D)
+        return self.decoder.caption(tokens)
+
 
 def load_exported(path: str | Path, encoder_weights: str | None = None, device: str | torch.device = "cpu"
                   ) -> ExportedModel:
@@ -68,10 +87,11 @@ def load_exported(path: str | Path, encoder_weights: str | None = None, device: 
     config, classes = json.loads(meta["config"]), json.loads(meta["classes"])
     m = config["model"]
     weights = load_file(str(path))
+    weights.update({alias: weights[name] for alias, name in json.loads(meta.get("aliases", "{}")).items()})
     encoder = create_encoder(m["encoder"], encoder_weights or m.get("encoder_weights"), m.get("frame_tokens", "patch"),
                              m.get("spatial_grid", 0))
     decoder = build_model(SimpleNamespace(**m), encoder.dim,
                           head_classes(config["run"]["mode"], m["task"], m.get("num_classes", 0), classes))
     decoder.load_state_dict(weights)  # strict: every tensor of the run, nothing else
-    info = {k: v for k, v in meta.items() if k not in ("config", "classes")}
+    info = {k: v for k, v in meta.items() if k not in ("config", "classes", "aliases")}
     return ExportedModel(decoder, encoder, config, classes, info).to(device)

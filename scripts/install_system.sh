@@ -4,8 +4,9 @@
 #   pkg-config libturbojpeg0-dev libopencv-dev - to build ffcv 1.0.2 (frozen-feature cache)
 #   slurm-wlm slurm-client munge - the two-node Slurm cluster the launcher tests start (tests/slurm_cluster.py)
 #   nginx - the HTTP shard server the streaming tests start (tests/test_http.py)
+#   chromium chromium-driver - the headless browser the web page test drives with selenium (tests/test_app.py)
 set -euo pipefail
-PKGS=(ffmpeg pkg-config libturbojpeg0-dev libopencv-dev slurm-wlm slurm-client munge nginx)
+PKGS=(ffmpeg pkg-config libturbojpeg0-dev libopencv-dev slurm-wlm slurm-client munge nginx chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -71,11 +71,11 @@ def test_plan_scoped_overrides_and_baselines(demo_shards):
         ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}", "train.max_steps=3",
          "pretrain:train.max_steps=5", "demo_vis4mer:model.depth=1"])
     stages = {s.name: s for s in submit.plan(args)}
-    assert list(stages) == ["pretrain", "demo", "demo_scratch", "demo_vis4mer"]
+    assert list(stages) == ["pretrain", "demo", "demo_scratch", "demo_vis4mer", "demo_caption"]
     assert stages["pretrain"].overrides == [f"data.shards={demo_shards}", "train.max_steps=3", "train.max_steps=5"]
     assert stages["demo"].after == "pretrain" and "run.init_from=runs/demo/pretrain" in stages["demo"].overrides
     # the baselines never start from the pretraining run and do not wait for it
-    for b in ("demo_scratch", "demo_vis4mer"):
+    for b in ("demo_scratch", "demo_vis4mer", "demo_caption"):
         assert stages[b].after is None and not any(o.startswith("run.init_from") for o in stages[b].overrides)
     assert stages["demo_vis4mer"].overrides[-1] == "model.depth=1"
     assert stages["demo"].world_size == 2
