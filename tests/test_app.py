@@ -32,11 +32,19 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs D
 
 def _export_new_model(config: str, overrides: list[str], classes: list[str], out: Path) -> Path:
     """A model of ``config`` as the trainer builds it (fresh weights, seed 0), written by the exporter's
-    writer: the page and predict.py must agree on any weights; training and export are tested elsewhere."""
+    writer: the page and predict.py must agree on any weights; training and export are tested elsewhere.
+    A captioner is first fitted to one caption (on random tokens) so that it says something."""
     torch.manual_seed(0)
     cfg = load_config(config, overrides)
     encoder = create_encoder(cfg.model.encoder, None, cfg.model.frame_tokens, cfg.model.spatial_grid)
     model = build_model(cfg.model, encoder.dim, head_classes("finetune", cfg.model.task, 0, classes))
+    if cfg.model.task == "captioning":
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss = model(torch.randn(4, 2, encoder.dim), captions=["a demo clip."] * 4)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     save_exported(out, model.state_dict(), to_dict(cfg), classes, source="tests/test_app.py", step="0")
     return out
 

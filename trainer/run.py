@@ -22,11 +22,11 @@ from models.factory import build_model, head_classes
 from models.heads import task_loss
 from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
-from trainer.evaluate import SELECTION_METRIC
 from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
                                 resolve_resume, save_best, save_checkpoint)
 from trainer.config import Config, save_config, to_dict
 from trainer.distributed import init_distributed
+from trainer.evaluate import SELECTION_METRIC
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
 from trainer.preflight import elastic_resume, preflight
 from trainer.schedule import resolve_schedule, warmup_cosine
