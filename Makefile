@@ -9,7 +9,7 @@ STAMP := $(VENV)/.s5video-installed
 DEMO_SHARDS ?= cache/demo_shards
 PYTEST_ARGS ?=
 
-.PHONY: install system test demo shards-demo bench clean app
+.PHONY: install system test test-slow demo shards-demo bench clean app
 
 system:
 	bash scripts/install_system.sh
@@ -27,6 +27,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the tests left out of `make test` for time (six of the nine LVU paper-config runs, ~4 min)
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 shards-demo: install
 	$(PY) tools/make_shards.py demo --out $(DEMO_SHARDS)

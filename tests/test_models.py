@@ -20,6 +20,9 @@ def test_registry_lists_and_builds_debug_flavours():
         if n.endswith("_debug"):
             m = create_model(n, num_classes=3)
             x = torch.randn(2, 10 * 2 * 2, m.in_dim)  # 10 frames x 2 x 2 patch tokens
+            if n.startswith("gpt2_captioner"):  # a loss of captions, and captions
+                assert m(x, grid=(10, 2, 2), captions=["a", "b"]).shape == () and len(m.generate(x, max_tokens=3)) == 2
+                continue
             assert m(x, grid=(10, 2, 2)).shape == (2, 3), n
     with pytest.raises(ValueError, match="allowed values: .*s5_debug"):
         create_model("s6")

@@ -31,16 +31,22 @@ SMALL = [o for o in TINY if not o.startswith("run.init_from")] + [
     "data.short_seconds=1.0"]
 ONE_RANK = ["--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1"]
 SHARD = ["--fps", "4", "--short-side", "64", "--workers", "2", "--no-progress"]
+# The nine LVU configs differ only in task, class count and target; the default run trains three
+# (a classification task with ViS4mer's max_st, both regressions); `make test-slow` runs the six others.
+LVU_DEFAULT = ("relationship", "like", "view")
 CASES = [("k600_pretrain", "kinetics", None), ("coin", "coin", None), ("breakfast", "breakfast", None),
          ("charades", "charades", None), ("charades_videomamba", "charades", None),
-         ("charades_caption", "charades", None)] + [(f"lvu_{t}", "lvu", t) for t in LVU_TASKS]
+         ("charades_caption", "charades", None)] + [
+    pytest.param(f"lvu_{t}", "lvu", t, marks=() if t in LVU_DEFAULT else pytest.mark.slow, id=f"lvu_{t}")
+    for t in LVU_TASKS]
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("stage, dataset, lvu_task", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("stage, dataset, lvu_task", CASES,
+                         ids=[c[0] if isinstance(c, tuple) else c.id for c in CASES])
 def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task, clip_pool, tmp_path):
     fx = real_formats.build(dataset, clip_pool, tmp_path / "raw", LVU_TASKS[lvu_task][0] if lvu_task else None)
     shards = tmp_path / "shards"
