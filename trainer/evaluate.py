@@ -31,8 +31,8 @@ def caption_metrics(hypotheses: list[str], references: list[str]) -> dict:
 
 
 @torch.no_grad()
-def evaluate_captions(trainer, loader, split: str, details: bool):
-    """A captioner on ``split``: teacher-forced loss per clip, and one generated caption per video
+def evaluate_captions(trainer, loader, details: bool):
+    """A captioner on the clips of ``loader``: teacher-forced loss per clip, and one generated caption per video
     (its first clip) scored against the video's caption. Every rank decodes its own videos (ZeRO 0-2:
     no collective inside forward), the rows are gathered."""
     engine = trainer.engine
@@ -134,7 +134,7 @@ def evaluate_split(trainer, split: str, details: bool = False, stride: float | N
                           num_classes=trainer.num_classes, finite=True, features=d.features,
                           cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
     if cfg.model.task == "captioning":
-        return evaluate_captions(trainer, loader, split, details)
+        return evaluate_captions(trainer, loader, details)
     engine = trainer.engine
     engine.eval()
     ids, outs, labs = [], [], []
