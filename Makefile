@@ -28,7 +28,7 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# the tests left out of `make test` for time (six of the nine LVU paper-config runs, ~4 min)
+# the tests left out of `make test` for time (six of the nine LVU paper-config runs, ~1.5 min)
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
