@@ -44,6 +44,7 @@ class FrozenFrameEncoder(nn.Module):
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     dim: int = 0
     has_cls: bool = False
+    needs_weights: bool = True  # False: usable without model.encoder_weights (packaged weights, or a test flavour)
     frame_tokens: str = "patch"
     spatial_grid: int = 0
 
@@ -96,6 +97,7 @@ class EfficientNetLite0(FrozenFrameEncoder):
     """EfficientNet-Lite0 feature map as tokens: (N, 3, H, W) -> (N, h*w, 1280)."""
 
     dim = 1280
+    needs_weights = False  # the packaged ImageNet weights
 
     def __init__(self, weights: str | None = None, frame_tokens: str = "patch", spatial_grid: int = 0):
         super().__init__()
@@ -182,7 +184,8 @@ class VideoMambaEncoder(FrozenFrameEncoder):
 
 
 ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder,
-            **{f"videomamba_{f}": type(f"VideoMamba{f.title()}Encoder", (VideoMambaEncoder,), {"flavour": f})
+            **{f"videomamba_{f}": type(f"VideoMamba{f.title()}Encoder", (VideoMambaEncoder,),
+                                               {"flavour": f, "needs_weights": f != "debug"})
                for f in ("tiny", "small", "middle", "debug")}}
 
 

@@ -81,7 +81,7 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     from models.encoders import ENCODERS
     if m.encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {m.encoder!r} not allowed; allowed values: {', '.join(ENCODERS)}")
-    if m.encoder not in ("efficientnet_lite0", "videomamba_debug") and not m.encoder_weights:
+    if ENCODERS[m.encoder].needs_weights and not m.encoder_weights:
         raise ConfigError(f"model.encoder_weights: {m.encoder} needs a local checkpoint directory (nothing is "
                           "downloaded at run time); or use model.encoder=efficientnet_lite0")
     _check_model(cfg)
