@@ -155,9 +155,12 @@ def test_bad_inputs_rejected_good_ones_sharded(mixed_dir, tmp_path):
     for name, word in bad.items():
         assert word in rejected[name], (name, rejected[name])
         assert str(d) not in rejected[name], "reasons must not depend on the path"
-    keys = {json.loads(s["json"])["source"] for s in _samples(out, "train")}
+    # val is carved from what was sharded (the CSV has no val rows): never a rejected file, never empty
+    sharded = _samples(out, "train") + _samples(out, "val")
+    assert _manifest(out)["splits"]["val"]["num_samples"] == 1
+    keys = {json.loads(s["json"])["source"] for s in sharded}
     assert {Path(k).name for k in keys} == set(good)
-    for s in _samples(out, "train"):  # every sharded clip decodes to its recorded frame count
+    for s in sharded:  # every sharded clip decodes to its recorded frame count
         meta = json.loads(s["json"])
         assert len(pyav_frames(s["mp4"])) == meta["num_frames"] > 0
         assert meta["codec"] == "vp9"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -59,27 +60,51 @@ def _reject(rejected: list, key: str, path: str, reason: str) -> None:
     rejected.append({"key": key, "path": path, "reason": reason})
 
 
-def _read_csv(path: str, required: set[str], what: str) -> list[dict]:
+def read_text(path: str, what: str) -> str:
+    """The text of an annotation file: UTF-8, with or without a byte-order mark. Raises DatasetError
+    (one line naming the file, the encoding found and the fix) for UTF-16/32 or non-UTF-8 bytes."""
     if not os.path.isfile(path):
         raise DatasetError(f"{what}: {path} does not exist")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = required - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{what}: {path} has columns {reader.fieldnames}; needs {sorted(required)}")
-        return list(reader)
+    raw = Path(path).read_bytes()
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                      (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise DatasetError(f"{what}: {path} is {name} text; save it as UTF-8 "
+                               f"(e.g. iconv -f {name} -t UTF-8 {os.path.basename(path)} > fixed.csv)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{what}: {path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}: Latin-1 or "
+                           f"Windows-1252 text?); save it as UTF-8 (e.g. iconv -f latin1 -t UTF-8 "
+                           f"{os.path.basename(path)} > fixed.csv)") from None
+
+
+def _read_csv(path: str, required: set[str], what: str) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(read_text(path, what), newline=""))
+    missing = required - set(reader.fieldnames or [])
+    if missing:
+        raise DatasetError(f"{what}: {path} has columns {reader.fieldnames}; needs {sorted(required)}")
+    return list(reader)
 
 
 # ----------------------------------------------------------------------------- validation split
 
-def carve_val(items: list[Item], fraction: float, seed: int = 0) -> dict | None:
+def carve_val(items: list[Item], fraction: float, seed: int = 0, classes: list[str] | None = None) -> dict | None:
     """Move a ``fraction`` of the train videos to a new ``val`` split, in place; returns what was done
-    (for the manifest) or None when nothing was carved (``fraction`` 0, a val split exists, < 2 videos).
+    (for the manifest) or None when nothing was asked (``fraction`` 0, or the dataset has a val split).
 
-    Whole groups (``Item.group``: one video, or one person for Breakfast) move together, so no clip of a
-    validation video is trained on. Stratified by class when every group has one single label
-    (largest-remainder quotas), and the groups chosen within a class are those with the smallest
-    ``sha1(seed:group)``: the same inputs give the same split on any machine.
+    ``tools.shardwriter.make_shards`` calls it on the inputs that were actually encoded, so a rejected
+    file is never chosen. Whole groups (``Item.group``: one video, or one person for Breakfast) move
+    together, so no clip of a validation video is trained on. Stratified by class when every group
+    has one single label (largest-remainder quotas), and the groups chosen within a class are those
+    with the smallest ``sha1(seed:group)``: the same inputs give the same split on any machine.
+
+    A class never loses its last training group: a class with one training video keeps it (it is
+    listed in ``classes_without_val``), and a multi-label group is skipped when it holds the last
+    training group of one of its classes. When any group can move, at least one does (``val`` is
+    never empty); when none can (every class has a single training video), nothing moves and the
+    result says so (``videos`` 0, ``reason``).
     """
     if fraction <= 0 or any(it.split == "val" for it in items):
         return None
@@ -89,25 +114,53 @@ def carve_val(items: list[Item], fraction: float, seed: int = 0) -> dict | None:
     for it in items:
         if it.split == "train":
             groups.setdefault(it.group or it.key, []).append(it)
-    if len(groups) < 2:
-        return None
     h = {g: hashlib.sha1(f"{seed}:{g}".encode()).hexdigest() for g in groups}
     labels = {g: {json.dumps(it.label) for it in its} for g, its in groups.items()}
+    ids = {g: {c for it in its for c in (it.label if isinstance(it.label, list) else [it.label])} for g, its in
+           groups.items()}
     strata: dict[str, list[str]] = {}
     single = all(len(v) == 1 for v in labels.values())
     for g in groups:
         strata.setdefault(next(iter(labels[g])) if single else "all", []).append(g)
+    movable = {c: len(gs) - 1 if single else len(gs) for c, gs in strata.items()}  # single-label: keep one
     total = max(1, round(fraction * len(groups)))
-    quota = {c: math.floor(fraction * len(gs)) for c, gs in strata.items()}
+    quota = {c: min(movable[c], math.floor(fraction * len(gs))) for c, gs in strata.items()}
     rest = sorted(strata, key=lambda c: (-(fraction * len(strata[c]) - quota[c]), min(h[g] for g in strata[c])))
-    for c in rest[:max(0, total - sum(quota.values()))]:
-        quota[c] += 1
-    chosen = [g for c, gs in strata.items() for g in sorted(gs, key=h.get)[:quota[c]]]
+    for c in rest:
+        if sum(quota.values()) >= total:
+            break
+        if quota[c] < movable[c]:
+            quota[c] += 1
+    train_groups: dict = {}  # class id -> training groups left
+    for g in groups:
+        for c in ids[g]:
+            train_groups[c] = train_groups.get(c, 0) + 1
+    chosen = []
+    for c, gs in strata.items():
+        taken = 0
+        for g in sorted(gs, key=h.get):
+            if taken >= quota[c]:
+                break
+            if any(train_groups[k] <= 1 for k in ids[g]):
+                continue  # the last training group of one of its classes
+            for k in ids[g]:
+                train_groups[k] -= 1
+            chosen.append(g)
+            taken += 1
     for g in chosen:
         for it in groups[g]:
             it.split = "val"
-    return {"fraction": fraction, "seed": seed, "videos": len(chosen), "of_train_videos": len(groups),
-            "stratified_by_class": single, "samples": sum(len(groups[g]) for g in chosen)}
+    val_ids = {c for g in chosen for c in ids[g]}
+    all_ids = sorted((c for c in train_groups if c is not None), key=lambda c: (str(type(c)), c))
+    names = [classes[c] if classes and isinstance(c, int) and 0 <= c < len(classes) else str(c)
+             for c in all_ids if c not in val_ids]
+    info = {"fraction": fraction, "seed": seed, "videos": len(chosen), "of_train_videos": len(groups),
+            "stratified_by_class": single, "samples": sum(len(groups[g]) for g in chosen),
+            "classes_without_val": names}
+    if not chosen:
+        info["reason"] = ("no training video can move to val without leaving a class with no training video "
+                          "(every class has a single one)" if groups else "no training video")
+    return info
 
 
 # ----------------------------------------------------------------------------- Kinetics
@@ -299,7 +352,7 @@ def lvu_items(labels_root: str, videos: str, task: str):
     for split, f in files.items():
         if not f.exists():
             continue
-        lines = f.read_text().splitlines()
+        lines = read_text(str(f), f"lvu --task {task}").splitlines()
         if not lines or lines[0].split() != header.split():
             raise DatasetError(f"lvu --task {task}: {f} starts with {lines[0] if lines else '(empty)'!r}, expected "
                                f"the header {header!r} (is it the file of another task?)")
@@ -355,7 +408,7 @@ def charades_items(train_csv: str | None, test_csv: str | None, videos: str, cla
     if classes_txt:
         if not os.path.isfile(classes_txt):
             raise DatasetError(f"charades --classes: {classes_txt} does not exist")
-        pairs = [ln.split(" ", 1) for ln in open(classes_txt).read().splitlines() if ln.strip()]
+        pairs = [ln.split(" ", 1) for ln in read_text(classes_txt, "charades --classes").splitlines() if ln.strip()]
         if len(pairs) != CHARADES_CLASSES or any(len(p) != 2 or not re.fullmatch(r"c\d{3}", p[0]) for p in pairs):
             raise DatasetError(f"charades --classes: {classes_txt} is not Charades_v1_classes.txt "
                                f"({CHARADES_CLASSES} lines 'c000 Holding some clothes')")
@@ -406,7 +459,6 @@ def csv_items(csv_path: str, root: str):
     classes = sorted({r["label"] for r in rows if r.get("label")})
     cid = {c: i for i, c in enumerate(classes)}
     items, rejected = [], []
-    seen: dict[str, int] = {}
     for n, r in enumerate(rows, start=2):
         stem = sanitize_key(os.path.splitext(r.get("path") or f"row{n}")[0])
         try:
@@ -421,10 +473,7 @@ def csv_items(csv_path: str, root: str):
             continue
         if start is not None:
             stem += f"_{int(round(start * 1000)):08d}"
-        k = seen.get(stem, 0)
-        seen[stem] = k + 1
-        key = stem if k == 0 else f"{stem}_{k}"
-        items.append(Item(key=key, path=os.path.join(root, r["path"]), split=_split(r.get("split") or "train"),
+        items.append(Item(key=stem, path=os.path.join(root, r["path"]), split=_split(r.get("split") or "train"),
                           label=cid[r["label"]], label_name=r["label"], start=start, end=end, group=r["path"],
                           extra={"dataset": "csv"}))
     return items, classes, rejected

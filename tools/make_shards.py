@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         items, classes, pre_rejected = collect(args)
-        carved = datasets.carve_val(items, args.val_fraction) if args.source != "demo" else None
+        if not 0 <= args.val_fraction < 1:
+            raise datasets.DatasetError(f"--val-fraction: {args.val_fraction} must be in [0, 1)")
     except datasets.DatasetError as e:
         parser.exit(2, f"make_shards.py {args.source}: error: {e}\n")
     if not items:
@@ -146,20 +147,51 @@ def main(argv: list[str] | None = None) -> int:
         extra["lvu_task"] = args.task
         if not datasets.LVU_TASKS[args.task][1]:
             extra["task"] = "regression"
-    if carved:
-        extra["val_carved"] = carved
-        print(f"no validation subset in the annotations: carved 'val' from train - {carved['videos']} of "
-              f"{carved['of_train_videos']} training videos ({args.val_fraction:g}"
-              f"{', stratified by class' if carved['stratified_by_class'] else ''}); test is untouched")
+    carve = None
+    if args.source != "demo":  # the demo's splits are cut by time inside each class range
+        carve = lambda accepted: datasets.carve_val(accepted, args.val_fraction, classes=classes)  # noqa: E731
     m = make_shards(items, args.out, opts, classes=classes, workers=args.workers,
                     samples_per_shard=args.samples_per_shard, max_shard_bytes=int(args.max_shard_mb * 2**20),
                     dataset=args.source, extra_manifest=extra, pre_rejected=pre_rejected,
-                    progress=not args.no_progress)
-    s = m["_summary"]
-    print(f"{s['sharded']} sharded, {s['rejected']} rejected "
-          f"({s['video_seconds']:.1f} s of video; {s['transcoded']} transcoded in {s['wall_s']:.1f} s) -> {args.out}")
-    print("samples per split: " + ", ".join(f"{k} {v['num_samples']}" for k, v in sorted(m["splits"].items())))
+                    progress=not args.no_progress, carve=carve)
+    for line in report_lines(m, args.val_fraction, args.out):
+        print(line)
     return 0
+
+
+def report_lines(m: dict, val_fraction: float, out: str) -> list[str]:
+    """The run's last lines: the carve, the warnings, the counts (``N sharded, M rejected``), the
+    samples per split, and what a training run would trip on (classes with no training sample)."""
+    lines = []
+    carved = m.get("val_carved")
+    if carved and carved["videos"]:
+        lines.append(f"no validation subset in the annotations: carved 'val' from train - {carved['videos']} of "
+                     f"{carved['of_train_videos']} training videos ({val_fraction:g}"
+                     f"{', stratified by class' if carved['stratified_by_class'] else ''}; from the videos that "
+                     "were sharded); test is untouched")
+    elif carved:
+        lines.append(f"warning: no 'val' split carved: {carved['reason']}. Add val rows to the annotations (e.g. "
+                     "another recording, or a later segment of one), or pass --val-fraction 0 and validate on "
+                     "another split (data.val_split)")
+    if carved and carved["videos"] and carved["classes_without_val"]:
+        names = carved["classes_without_val"]
+        lines.append(f"warning: {len(names)} class(es) have no val sample (a single training video each, kept "
+                     f"for training): {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+    warnings = m.get("warnings", [])
+    for w in warnings[:10]:
+        lines.append(f"warning: {w}")
+    if len(warnings) > 10:
+        lines.append(f"warning: ... and {len(warnings) - 10} more (manifest.json: warnings)")
+    s = m["_summary"]
+    lines.append(f"{s['sharded']} sharded, {s['rejected']} rejected ({s['video_seconds']:.1f} s of video; "
+                 f"{s['transcoded']} transcoded in {s['wall_s']:.1f} s) -> {out}")
+    lines.append("samples per split: " + ", ".join(f"{k} {v['num_samples']}" for k, v in sorted(m["splits"].items())))
+    missing = m.get("classes_without_train") or []
+    if missing:
+        lines.append(f"warning: {len(missing)} class(es) have no training sample (every training file was "
+                     f"rejected; see rejected.jsonl): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}."
+                     " A finetune on these shards is refused until they have one")
+    return lines
 
 
 if __name__ == "__main__":
