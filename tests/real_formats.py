@@ -189,7 +189,8 @@ def build_breakfast(pool: list[Path], root: Path) -> dict:
     """``BreakfastII_15fps_qvga_sync/P<person>/<camera>/P<person>_<activity>[_ch0|_ch1].avi``: train
     persons P03-P46, test P47-P54; the stereo camera's two channel files are one recording."""
     base = root / "BreakfastII_15fps_qvga_sync"
-    recs = [("P03", "cam01", "cereals"), ("P03", "stereo", "cereals"), ("P12", "webcam01", "coffee"),
+    recs = [("P03", "cam01", "cereals"), ("P03", "stereo", "cereals"), ("P15", "cam02", "cereals"),
+            ("P12", "webcam01", "coffee"),
             ("P20", "cam02", "friedegg"), ("P27", "cam01", "juice"), ("P33", "webcam02", "milk"),
             ("P41", "cam01", "pancake"), ("P46", "stereo", "salat"), ("P47", "cam01", "sandwich"),
             ("P50", "cam02", "scrambledegg"), ("P54", "stereo", "tea")]
@@ -205,7 +206,7 @@ def build_breakfast(pool: list[Path], root: Path) -> dict:
     _put(pool, 0, base / "P60" / "cam01" / "P60_tea.avi", ".avi")  # person outside P03-P54
     _put(pool, 1, base / "P04" / "cam01" / "P04_bake.avi", ".avi")  # not a Breakfast activity
     return {"args": ["--root", str(base)],
-            "expect": {"train_and_val": 8, "splits": {"test": 3}, "rejected": 2}}
+            "expect": {"train_and_val": 9, "splits": {"test": 3}, "rejected": 2}}
 
 
 # ----------------------------------------------------------------------------- Charades

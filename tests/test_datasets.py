@@ -132,7 +132,7 @@ def test_coin_json(tmp_path, clip_pool):
 def test_breakfast_one_sample_per_recording(tmp_path, clip_pool):
     fx = real_formats.build_breakfast(clip_pool, tmp_path)
     items, classes, rejected = datasets.breakfast_items(fx["args"][1])
-    assert len(items) == 11  # 14 video files: three stereo pairs counted once
+    assert len(items) == 12  # 15 video files: three stereo pairs counted once
     stereo = [i for i in items if i.extra["camera"] == "stereo"]
     assert len(stereo) == 3 and all(i.path.endswith("_ch0.avi") and i.extra["channels"] == ["ch0", "ch1"]
                                     for i in stereo)

@@ -97,8 +97,9 @@ def carve_val(items: list[Item], fraction: float, seed: int = 0, classes: list[s
     ``tools.shardwriter.make_shards`` calls it on the inputs that were actually encoded, so a rejected
     file is never chosen. Whole groups (``Item.group``: one video, or one person for Breakfast) move
     together, so no clip of a validation video is trained on. Stratified by class when every group
-    has one single label (largest-remainder quotas), and the groups chosen within a class are those
-    with the smallest ``sha1(seed:group)``: the same inputs give the same split on any machine.
+    has one single-label class (largest-remainder quotas; multi-label data is not stratified), and
+    the groups chosen within a class are those with the smallest ``sha1(seed:group)``: the same
+    inputs give the same split on any machine.
 
     A class never loses its last training group: a class with one training video keeps it (it is
     listed in ``classes_without_val``), and a multi-label group is skipped when it holds the last
@@ -119,7 +120,7 @@ def carve_val(items: list[Item], fraction: float, seed: int = 0, classes: list[s
     ids = {g: {c for it in its for c in (it.label if isinstance(it.label, list) else [it.label])} for g, its in
            groups.items()}
     strata: dict[str, list[str]] = {}
-    single = all(len(v) == 1 for v in labels.values())
+    single = all(len(labels[g]) == 1 and not isinstance(its[0].label, list) for g, its in groups.items())
     for g in groups:
         strata.setdefault(next(iter(labels[g])) if single else "all", []).append(g)
     movable = {c: len(gs) - 1 if single else len(gs) for c, gs in strata.items()}  # single-label: keep one
