@@ -151,10 +151,8 @@ def consolidated_weights(root: str | os.PathLike, tag: str) -> dict[str, torch.T
         raise FileNotFoundError(f"{Path(root) / tag}: no DeepSpeed model states file")
     states = torch.load(files[0], weights_only=False, map_location="cpu")
     sd = {k: v for k, v in states["module"].items() if v.numel() > 0}
-    try:
-        sd.update(get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag))
-    except (FileNotFoundError, ValueError):  # stage 0: no ZeRO optimizer states, the module states are all
-        pass
+    if states.get("param_shapes") is not None:  # ZeRO 1-3 record the partitioned shapes; stage 0 does not,
+        sd.update(get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag))  # its module states are all
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
