@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -37,6 +38,8 @@ class RunConfig:
     mode: Literal["pretrain", "finetune", "eval"] = "finetune"
     seed: int = 1112
     init_from: str | None = None  # checkpoint directory of a pretraining run (finetune only)
+    # continue a run.dir whose saved identity (shards, classes, model) differs: a deliberate change
+    allow_changed_config: bool = False
 
 
 @dataclass
@@ -259,14 +262,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        out = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "3e-3" as a string
+            out = float(value)
+        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads "3e-3" as a string
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if out is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -331,7 +339,11 @@ def validate(cfg: Config) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {cfg.train.lr}")
     non_negative = {"train.epochs": cfg.train.epochs, "train.global_batch_size": cfg.train.global_batch_size,
+                    "data.num_workers": cfg.data.num_workers, "train.ssm_lr": cfg.train.ssm_lr,
+                    "train.weight_decay": cfg.train.weight_decay, "train.grad_clip": cfg.train.grad_clip,
                     "train.eval_every_steps": cfg.train.eval_every_steps,
                     "checkpoint.every_steps": cfg.checkpoint.every_steps, "train.warmup_steps": cfg.train.warmup_steps}
     for key, v in non_negative.items():

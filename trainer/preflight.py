@@ -69,12 +69,15 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
                     raise ConfigError(f"{key}: split {split!r} of {d.shards} has no samples; re-run make_shards.py")
         if cfg.run.mode != "pretrain":
             _check_task(cfg, manifest)
+            _check_classes(cfg, manifest)
+    check_run_dir(cfg, manifest)
     if cfg.run.mode == "finetune" and cfg.run.init_from and not init_from_pending:
         p = Path(cfg.run.init_from)
         complete = (p / "meta.json").exists() or any((c / "meta.json").exists() for c in (p / "checkpoints").glob("step*"))
         if not complete:
             raise ConfigError(f"run.init_from: {p} holds no complete checkpoint (a pretraining run directory or one of "
                               "its checkpoints/stepN); set run.init_from=null to train from scratch")
+        _check_init_from(cfg, p)
     if m.encoder_weights and not Path(m.encoder_weights).exists():
         raise ConfigError(f"model.encoder_weights: {m.encoder_weights} does not exist; give a local checkpoint of "
                           f"{m.encoder}, or model.encoder_weights=null for the packaged default")
@@ -138,6 +141,99 @@ def _check_task(cfg: Config, manifest: dict) -> None:
         raise ConfigError(f"model.num_classes: {m.num_classes}, but the shards in {cfg.data.shards} have "
                           f"{len(classes)} classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); "
                           f"set model.num_classes={len(classes)} or 0 (= from the manifest)")
+
+
+def _check_classes(cfg: Config, manifest: dict) -> None:
+    """A classifier needs two classes, and a training sample of every class that had training inputs
+    (``classes_without_train``: make_shards rejected every training file of those classes)."""
+    m, classes = cfg.model, manifest.get("classes") or []
+    if m.task == "classification" and (m.num_classes or len(classes)) == 1:
+        raise ConfigError(f"data.shards: {cfg.data.shards} has one class ({classes[0] if classes else '?'}); "
+                          "classification needs at least two. Add videos of another class and re-shard")
+    missing = manifest.get("classes_without_train") or []
+    if cfg.run.mode == "finetune" and m.task in ("classification", "multilabel") and missing:
+        raise ConfigError(f"data.shards: {len(missing)} class(es) of {cfg.data.shards} have no training sample "
+                          f"(every training file was rejected; see its rejected.jsonl): {', '.join(missing[:10])}"
+                          f"{' ...' if len(missing) > 10 else ''}. Fix or replace those files and re-run make_shards.py")
+
+
+# model keys that change only how a trained model is used, not what it is
+_IDENTITY_IGNORED_MODEL_KEYS = ("caption_beams", "caption_max_tokens")
+IDENTITY_FILE = "identity.json"
+
+
+def run_identity(cfg: Config, manifest: dict) -> dict:
+    """What a run directory's checkpoints belong to: the data (shards, classes, the samples of the
+    splits read) and the model (every ``model.*`` key but decoding settings), and the mode."""
+    d = cfg.data
+    shards = d.shards if "://" in d.shards else os.path.realpath(d.shards) if d.shards else d.shards
+    splits = manifest.get("splits", {})
+    read = {s: splits.get(s, {}).get("num_samples") for v in splits_read(cfg).values() for s in v.split("+")}
+    model = {k: v for k, v in vars(cfg.model).items() if k not in _IDENTITY_IGNORED_MODEL_KEYS}
+    return {"run.mode": cfg.run.mode, "data.shards": shards, "classes": list(manifest.get("classes") or []),
+            "samples": read, "model": model}
+
+
+def _identity_diff(saved: dict, now: dict, mode: str) -> list[str]:
+    """The differences that make ``now`` another run than ``saved`` (eval: the model and classes only,
+    so a checkpoint may be evaluated on other shards)."""
+    diffs = []
+    if saved.get("classes") and now["classes"] and saved["classes"] != now["classes"]:
+        diffs.append(f"classes {len(saved['classes'])} ({', '.join(saved['classes'][:3])}...) -> "
+                     f"{len(now['classes'])} ({', '.join(now['classes'][:3])}...)")
+    for k, v in now["model"].items():
+        if k in saved.get("model", {}) and saved["model"][k] != v:
+            diffs.append(f"model.{k} {saved['model'][k]!r} -> {v!r}")
+    if mode != "eval":
+        if saved.get("data.shards") != now["data.shards"]:
+            diffs.append(f"data.shards {saved.get('data.shards')} -> {now['data.shards']}")
+        for split, n in now["samples"].items():
+            old = (saved.get("samples") or {}).get(split)
+            if old is not None and n is not None and old != n:
+                diffs.append(f"split {split!r} {old} -> {n} samples")
+    return diffs
+
+
+def check_run_dir(cfg: Config, manifest: dict) -> None:
+    """``run.dir`` belongs to one run: refuse (before anything is written there) a directory that is a
+    file, or that holds a run of other data or another model (``identity.json``, written by the
+    trainer), unless ``run.allow_changed_config`` is set for a deliberate change."""
+    run_dir = Path(cfg.run.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run.dir: {run_dir} is a file, not a directory; set run.dir=<a new directory>")
+    saved_path = run_dir / IDENTITY_FILE
+    if cfg.run.allow_changed_config or not saved_path.exists():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"run.dir: cannot read {saved_path} ({e}); use a new run.dir") from None
+    diffs = _identity_diff(saved, run_identity(cfg, manifest), cfg.run.mode)
+    if diffs:
+        raise ConfigError(f"run.dir: {run_dir} holds a run of other data or another model ({'; '.join(diffs[:4])}"
+                          f"{'; ...' if len(diffs) > 4 else ''}); continuing it would mix two runs. Use a new "
+                          "run.dir, or run.allow_changed_config=true to change it deliberately")
+
+
+# the model keys that decide which tensors a checkpoint has and their shapes
+_WEIGHT_SHAPE_KEYS = ("name", "encoder", "frame_tokens", "spatial_grid", "width", "depth", "state_size", "kernel",
+                      "mask_generator", "channel_scaling")
+
+
+def _check_init_from(cfg: Config, path: Path) -> None:
+    """``run.init_from`` must be able to load: its model (pretraining or finetune run) has the same
+    architecture keys as this one; the classification head may differ (it is reinitialised)."""
+    from trainer.checkpoint import resolve_resume
+    ckpt = resolve_resume("auto", str(path)) if (path / "checkpoints").is_dir() else path
+    try:
+        saved = json.loads((ckpt / "meta.json").read_text()).get("config", {}).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    diffs = [f"model.{k} {saved[k]!r} there, {getattr(cfg.model, k)!r} here" for k in _WEIGHT_SHAPE_KEYS
+             if k in saved and saved[k] != getattr(cfg.model, k)]
+    if diffs:
+        raise ConfigError(f"run.init_from: {ckpt} is another model ({'; '.join(diffs)}): no weight would load. Set "
+                          "the same model.* keys, or run.init_from=null to train from scratch")
 
 
 def _check_model(cfg: Config) -> None:

@@ -24,11 +24,11 @@ from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
 from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
                                 resolve_resume, save_best, save_checkpoint)
-from trainer.config import Config, save_config, to_dict
+from trainer.config import Config, ConfigError, save_config, to_dict
 from trainer.distributed import init_distributed
 from trainer.evaluate import SELECTION_METRIC
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
-from trainer.preflight import elastic_resume, preflight
+from trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
 from trainer.schedule import resolve_schedule, warmup_cosine
 from trainer.logs import MetricsLogger, SampleKeyLog, console_line, plot_confusion, plot_curves
 
@@ -52,6 +52,11 @@ def git_commit() -> str | None:
                               timeout=5).stdout.strip() or None
     except Exception:
         return None
+
+
+def cfg_model_line(cfg: Config) -> str:
+    m = cfg.model
+    return f"model.name={m.name}, width {m.width}, depth {m.depth}"
 
 
 def make_engine(model: nn.Module, cfg: Config, sched, universal: bool = False):
@@ -114,8 +119,12 @@ class Trainer:
             signal.signal(s, lambda signum, _frame: self.stop_reasons.add(signal.Signals(signum).name))
         torch.manual_seed(cfg.run.seed + self.rank)
         run_dir = Path(cfg.run.dir)
-        if self.rank == 0:
+        if self.rank == 0:  # only now, after preflight: a refused run leaves run.dir as it was
             save_config(cfg, run_dir)
+            if cfg.run.mode != "eval":  # what this directory's checkpoints belong to (preflight.check_run_dir)
+                tmp = run_dir / f".{IDENTITY_FILE}.tmp"
+                tmp.write_text(json.dumps(run_identity(cfg, manifest), indent=1))
+                os.replace(tmp, run_dir / IDENTITY_FILE)
         self.write_run_info(info)
         self.log = MetricsLogger(str(run_dir), self.rank == 0, cfg.logging.tensorboard)
         self.sample_log = SampleKeyLog(str(run_dir), self.rank, cfg.logging.sample_keys)
@@ -241,19 +250,35 @@ class Trainer:
         return model
 
     def init_from(self, model: nn.Module, path: str) -> None:
-        """Load the query encoder of a pretraining run (a run dir or a checkpoint dir); report keys."""
+        """Load the weights of a pretraining run (its query encoder, ``encoder_q.*``) or of a finetune
+        run (a run dir or a checkpoint dir) into ``model``. Tensors of another shape (the head of a
+        run with another class count) are left as initialised, and said so.
+
+        Raises:
+            ConfigError: nothing would load (another model), caught before the first step.
+        """
         ckpt = resolve_resume("auto", path) if (Path(path) / "checkpoints").is_dir() else Path(path)
         if ckpt is None or not (ckpt / "meta.json").exists():
             raise FileNotFoundError(f"run.init_from: no complete checkpoint in {path}")
         sd = consolidated_weights(ckpt, "state")
         prefix = "encoder_q."
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if any(k.startswith(prefix) for k in sd):  # an LSMCL pretraining run: its query encoder
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        own = model.state_dict()
+        reshaped = sorted(k for k, v in sd.items() if k in own and own[k].shape != v.shape)
+        sd = {k: v for k, v in sd.items() if k not in reshaped}
+        if not any(k in own for k in sd):
+            raise ConfigError(f"run.init_from: {ckpt} has no tensor of this model ({cfg_model_line(self.cfg)}); "
+                              "nothing would load. Point it at a run of the same model, or run.init_from=null")
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if hasattr(model.backbone, "update_momentum") and any(".s4_hat." in k for k in missing):
             model.backbone.update_momentum(0.0)  # the momentum S4 starts as a copy of the loaded S4
             missing = [k for k in missing if ".s4_hat." not in k]
-        self.print(f"init_from {ckpt}: {len(sd)} tensors loaded; missing keys {list(missing)}; "
+        self.print(f"init_from {ckpt}: {len(sd) - len(unexpected)} tensors loaded; missing keys {list(missing)}; "
                    f"unexpected keys {list(unexpected)}")
+        if reshaped:
+            self.print(f"init_from: {', '.join(reshaped)} reinitialised: shape {tuple(own[reshaped[0]].shape)} here, "
+                       "another in the checkpoint (a head of another class count starts anew)")
 
     def tokens(self, batch: dict, key: str = "video") -> torch.Tensor:
         """Decoder input (B, L, D) of a batch: its cached ``tokens`` (features backend), else the frozen
