@@ -73,20 +73,33 @@ class ExportedModel(nn.Module):
         return self.decoder.caption(tokens)
 
 
+def _incomplete(path, e: Exception) -> ValueError:
+    return ValueError(f"{path}: not a complete safetensors file ({str(e).splitlines()[0][:120]}); a truncated copy? "
+                      "Export it again with tools/export.py RUN_DIR --out FILE")
+
+
 def load_exported(path: str | Path, encoder_weights: str | None = None, device: str | torch.device = "cpu"
                   ) -> ExportedModel:
     """Rebuild an exported model on ``device``. ``encoder_weights`` overrides the config's local
     encoder checkpoint. Raises ValueError for a file that is not an s5video export."""
     from safetensors import safe_open
     from safetensors.torch import load_file
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    if not Path(path).is_file():
+        raise OSError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors' SafetensorError: a truncated or foreign file
+        raise _incomplete(path, e) from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an s5video export (format {meta.get('format')!r}, expected {FORMAT!r}); "
                          "write one with tools/export.py RUN_DIR --out FILE")
     config, classes = json.loads(meta["config"]), json.loads(meta["classes"])
     m = config["model"]
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except Exception as e:  # the header reads but the tensors are cut short
+        raise _incomplete(path, e) from None
     weights.update({alias: weights[name] for alias, name in json.loads(meta.get("aliases", "{}")).items()})
     encoder = create_encoder(m["encoder"], encoder_weights or m.get("encoder_weights"), m.get("frame_tokens", "patch"),
                              m.get("spatial_grid", 0))

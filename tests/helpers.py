@@ -186,3 +186,28 @@ def paper_stubs(root: Path) -> dict[str, list[str]]:
     out["common"] = [f"model.encoder_weights={weights}"]
     return out
 
+
+
+def export_new_model(config: str, overrides: list[str], classes: list[str], out: Path) -> Path:
+    """A model of ``config`` as the trainer builds it (fresh weights, seed 0), written by the exporter's
+    writer: the page and predict.py must agree on any weights; training and export are tested elsewhere.
+    A captioner is first fitted to one caption (on random tokens) so that it says something."""
+    import torch
+
+    from models.encoders import create_encoder
+    from models.exported import save_exported
+    from models.factory import build_model, head_classes
+    from trainer.config import load_config, to_dict
+    torch.manual_seed(0)
+    cfg = load_config(config, overrides)
+    encoder = create_encoder(cfg.model.encoder, None, cfg.model.frame_tokens, cfg.model.spatial_grid)
+    model = build_model(cfg.model, encoder.dim, head_classes("finetune", cfg.model.task, 0, classes))
+    if cfg.model.task == "captioning":
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss = model(torch.randn(4, 2, encoder.dim), captions=["a demo clip."] * 4)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    save_exported(out, model.state_dict(), to_dict(cfg), classes, source="tests", step="0")
+    return out

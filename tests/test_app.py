@@ -15,38 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import torch
-
 from data.cpu import iter_shard
 from data.sources import resolve_shards
-from models.encoders import create_encoder
-from models.exported import save_exported
-from models.factory import build_model, head_classes
-from tests.helpers import REPO, free_port
-from trainer.config import load_config, to_dict
+from tests.helpers import REPO, export_new_model, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
                                 "(scripts/install_system.sh installs them)")
-
-
-def _export_new_model(config: str, overrides: list[str], classes: list[str], out: Path) -> Path:
-    """A model of ``config`` as the trainer builds it (fresh weights, seed 0), written by the exporter's
-    writer: the page and predict.py must agree on any weights; training and export are tested elsewhere.
-    A captioner is first fitted to one caption (on random tokens) so that it says something."""
-    torch.manual_seed(0)
-    cfg = load_config(config, overrides)
-    encoder = create_encoder(cfg.model.encoder, None, cfg.model.frame_tokens, cfg.model.spatial_grid)
-    model = build_model(cfg.model, encoder.dim, head_classes("finetune", cfg.model.task, 0, classes))
-    if cfg.model.task == "captioning":
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for _ in range(60):
-            loss = model(torch.randn(4, 2, encoder.dim), captions=["a demo clip."] * 4)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    save_exported(out, model.state_dict(), to_dict(cfg), classes, source="tests/test_app.py", step="0")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +31,8 @@ def models(demo_shards, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("app")
     classes = json.loads((demo_shards / "manifest.json").read_text())["classes"]
     small = ["data.clip_seconds=1.0", "data.frames=2", "data.image_size=64", "model.width=32", "model.depth=1"]
-    return (_export_new_model("configs/demo_finetune.yaml", small + ["model.state_size=8"], classes, tmp / "cls.safetensors"),
-            _export_new_model("configs/demo_caption.yaml", small + ["model.caption_max_tokens=12"], classes,
+    return (export_new_model("configs/demo_finetune.yaml", small + ["model.state_size=8"], classes, tmp / "cls.safetensors"),
+            export_new_model("configs/demo_caption.yaml", small + ["model.caption_max_tokens=12"], classes,
                               tmp / "cap.safetensors"))
 
 
