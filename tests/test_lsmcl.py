@@ -1,4 +1,5 @@
-"""LSMCL: the InfoNCE loss against the poster's formula, and cross-rank negatives over gloo."""
+"""LSMCL: the InfoNCE loss against the poster's formula, cross-rank negatives over gloo, the key
+encoder as a momentum copy of the whole query encoder, and the alternating long/short roles."""
 from __future__ import annotations
 
 import os
@@ -112,3 +113,56 @@ def test_cross_rank_negatives_equal_single_process():
     gq = torch.cat([out[0][1], out[1][1]]) / 2
     torch.testing.assert_close(gq, qs.grad, rtol=1e-5, atol=1e-7)
     assert out[0][2].abs().sum() > 0
+
+
+def test_key_encoder_follows_the_whole_query_encoder():
+    """f_k <- m f_k + (1 - m) f_q (MoCo eq. 2) for every parameter of the key encoder - the S4
+    layers, norms and the S5 mask generator, not only the projection - and after many updates with
+    f_q fixed, f_k computes what f_q computes (a momentum copy, as the poster's f_k is)."""
+    torch.manual_seed(0)
+    m = 0.8
+    model = LSMCL(S5(num_classes=0, d_model=16, depth=2, d_state=4, dropout=0.0), proj_dim=8, momentum=m)
+    with torch.no_grad():
+        for p in list(model.encoder_q.parameters()) + list(model.proj_q.parameters()):
+            p.add_(0.1 * torch.randn_like(p))  # as an optimizer step would: f_q moves away from f_k
+    q_named = dict(model.encoder_q.named_parameters()) | {f"proj.{k}": v for k, v in model.proj_q.named_parameters()}
+    k_named = dict(model.encoder_k.named_parameters()) | {f"proj.{k}": v for k, v in model.proj_k.named_parameters()}
+    assert q_named.keys() == k_named.keys() and len(k_named) > len(list(model.proj_k.parameters())) + 4
+    q0 = {n: p.detach().clone() for n, p in q_named.items()}
+    k0 = {n: p.detach().clone() for n, p in k_named.items()}
+    model.update_momentum()
+    for n, p in k_named.items():
+        torch.testing.assert_close(p, m * k0[n] + (1 - m) * q0[n], msg=n)
+        assert not torch.equal(p, k0[n]), f"{n}: the key encoder's parameter did not move"
+    x = torch.randn(2, 12, 16)
+    model.eval()  # no Gumbel noise in S5's selection: one input, one output
+    assert not torch.allclose(model.encoder_k.forward_features(x), model.encoder_q.forward_features(x), atol=1e-3)
+    for _ in range(150):  # m^150 ~ 3e-15: f_k has caught up with the fixed f_q
+        model.update_momentum()
+    torch.testing.assert_close(model.encoder_k.forward_features(x), model.encoder_q.forward_features(x),
+                               rtol=1e-4, atol=1e-5)
+    z = torch.randn(2, model.encoder_q.out_dim)
+    torch.testing.assert_close(model.proj_k(z), model.proj_q(z), rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_alternates_the_query_and_key_roles():
+    """"Long and short clips can alternatively become queries and keys" (poster): the trainer's
+    pretraining loss makes the short clips the query on one step and the long clips on the next.
+    Read from the gradients: only the query branch is differentiated (the key encoder runs without
+    gradient), so exactly one of the two inputs gets a gradient, and which one alternates."""
+    from tests.helpers import REPO
+    from trainer.config import load_config
+    from trainer.run import Trainer
+    torch.manual_seed(0)
+    t = Trainer(load_config(REPO / "configs/demo_pretrain.yaml", []))
+    assert t.cfg.run.mode == "pretrain"
+    t.engine = LSMCL(S5(num_classes=0, d_model=8, depth=1, d_state=4, dropout=0.0), proj_dim=4)
+    t.encode = lambda x: x  # the batch holds tokens (B, L, D) here, not frames
+    roles = []
+    for step in range(4):
+        long, short = torch.randn(3, 20, 8, requires_grad=True), torch.randn(3, 8, 8, requires_grad=True)
+        t.forward_loss({"long": long, "short": short}, step).backward()
+        got = {name for name, x in (("long", long), ("short", short)) if x.grad is not None and x.grad.abs().sum() > 0}
+        assert len(got) == 1, (step, got)
+        roles.append(got.pop())
+    assert roles[0] != roles[1] and roles[2] == roles[0] and roles[3] == roles[1], roles
