@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import (EXIT_WITHIN_S, REPO, finish, free_port, kill_tree, launch, process_tree, repack,
+from tests.helpers import (EXIT_WITHIN_S, REPO, TINY, finish, free_port, kill_tree, launch, process_tree, repack,
                            train_loss_rows, train_losses, wait_gone)
 from trainer.checkpoint import complete_checkpoints, consolidated_weights, prepare_elastic
 from trainer.config import ConfigError
@@ -230,7 +230,7 @@ def test_elastic_pretrain_2_to_1_ranks_reads_each_sample_of_the_pass_once(demo_s
     finish(launch(run, shards, *common, "train.max_steps=3", config="configs/demo_pretrain.yaml"), run_dir=run)
     from launchers import submit
     args = ["--local", "--nodes", "1", "--tasks-per-node", "1", "pretrain", "--config", "configs/demo_pretrain.yaml",
-            f"data.shards={shards}", f"run.dir={run}"]
+            f"data.shards={shards}", f"run.dir={run}", *TINY]  # the same model: run.dir holds its checkpoints
     assert "(saved by 2 ranks) on 1 ranks" in submit.plan(submit.build_parser().parse_args(args))[0].elastic
     with pytest.raises(ConfigError, match="'dali' cannot resume"):
         submit.plan(submit.build_parser().parse_args(args + ["data.backend=dali"]))
