@@ -13,6 +13,15 @@ Modes and their outputs (per video):
 * ``val``: one clip, centred (``center``) or spanning the whole video (``full``).
 * ``windows``: every window of S seconds at ``stride`` seconds (LVU protocol: 60 s / 1 s), at
   least one; each with its bounds so metrics can aggregate per video.
+* ``all_segments``: one output per segment of ``segment_seconds`` (its centre frame): what the
+  feature cache stores for ``sampling="segments"`` training, which then draws T of them per epoch.
+
+``sampling="segments"`` (``train`` and ``val``) is the ViS4mer authors' Breakfast / COIN protocol
+instead of one contiguous window: the video is cut into ``floor(duration / segment_seconds)``
+segments (their features: one row per second) and T of them are taken over the *whole* video -
+training a random sorted sample without repetition, evaluation T uniformly spaced ones, a video
+with fewer than T segments stretched (segments repeat); :func:`segment_indices`. Each segment
+contributes its centre frame.
 
 Randomness comes from a generator seeded by (seed, epoch, sample key), so a sample's clips do not
 depend on which worker or rank reads it, nor on a resume.
@@ -26,7 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MODES = ("pretrain", "train", "val", "windows")
+MODES = ("pretrain", "train", "val", "windows", "all_segments")
+SAMPLINGS = ("window", "segments")
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,16 @@ class ClipSpec:
     short_frames: int = 4
     short_seconds: float = 2.0
     short_inside_long: bool = True
+    sampling: str = "window"  # train / val: one window of S seconds, or T segments over the whole video
+    segment_seconds: float = 1.0  # segments sampling: the length of one segment
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode: {self.mode!r} not allowed; allowed values: {', '.join(MODES)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling: {self.sampling!r} not allowed; allowed values: {', '.join(SAMPLINGS)}")
+        if self.segment_seconds <= 0:
+            raise ValueError(f"segment_seconds: must be > 0, got {self.segment_seconds}")
         if self.val_clip not in ("center", "full"):
             raise ValueError(f"eval_clip: {self.val_clip!r} not allowed; allowed values: 'center', 'full'")
 
@@ -61,6 +77,43 @@ def frame_indices(start: float, seconds: float, frames: int, fps: float, num_fra
     """Indices (frames,) of the frames at ``start + i * seconds / frames`` s, clamped to the video."""
     t = start + np.arange(frames) * (seconds / frames)  # (T,) seconds
     return np.clip(np.floor(t * fps + 0.5).astype(np.int64), 0, max(0, num_frames - 1))
+
+
+def segment_indices(num_segments: int, count: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices (count,) of the segments a video of ``num_segments`` contributes, ascending - the
+    ViS4mer authors' sampling (``datasets/breakfast_dataset.py`` and ``coin_dataset.py`` of
+    md-mohaiminul/ViS4mer, which index per-second features):
+
+    * more segments than ``count``, training: ``count`` distinct segments drawn uniformly at random
+      (their ``random.sample(range(n), count)``, sorted); ``rng`` draws them;
+    * more segments, evaluation, and every video with fewer segments (stretched: indices repeat):
+      ``np.arange(0, n, n / count, dtype=float32)`` truncated to int, i.e. uniformly spaced. Their
+      float32 ``arange`` is kept bit for bit; for a ``count`` that is not a power of two it can
+      yield ``count + 1`` values, the last one ``n`` itself (their indexing then raises
+      IndexError; their ``count`` is 64, where it never happens), so the first ``count`` are taken;
+    * exactly ``count`` segments: all of them.
+
+    Raises ValueError for ``num_segments`` or ``count`` < 1.
+    """
+    if num_segments < 1 or count < 1:
+        raise ValueError(f"segment_indices: needs at least one segment and one index, got {num_segments}, {count}")
+    if num_segments == count:
+        return np.arange(count)
+    if num_segments > count and train:
+        return np.sort(rng.choice(num_segments, size=count, replace=False))
+    step = num_segments / float(count)
+    return np.arange(0, num_segments, step, dtype=np.float32).astype(np.int32)[:count].astype(np.int64)
+
+
+def num_segments(duration: float, segment_seconds: float) -> int:
+    """The whole segments of ``segment_seconds`` in ``duration`` seconds (at least one)."""
+    return max(1, int(duration / segment_seconds + 1e-9))
+
+
+def segment_frames(segments: np.ndarray, segment_seconds: float, fps: float, num_frames: int) -> np.ndarray:
+    """Frame indices (T,) of the centre frames of ``segments`` (T,), clamped to the video."""
+    t = (segments + 0.5) * segment_seconds  # (T,) seconds
+    return np.clip(np.floor(t * fps).astype(np.int64), 0, max(0, num_frames - 1))
 
 
 def plan_clips(spec: ClipSpec, num_frames: int, fps: float, rng: np.random.Generator) -> list[dict]:
@@ -84,6 +137,14 @@ def plan_clips(spec: ClipSpec, num_frames: int, fps: float, rng: np.random.Gener
             ss = rand_start(spec.short_seconds)
         return [{"long": clip(ls, spec.long_seconds, spec.long_frames),
                  "short": clip(ss, spec.short_seconds, spec.short_frames)}]
+    if spec.mode == "all_segments" or (spec.sampling == "segments" and spec.mode in ("train", "val")):
+        n = num_segments(dur, spec.segment_seconds)
+        if spec.mode == "all_segments":
+            return [{"video": (segment_frames(np.array([s]), spec.segment_seconds, fps, num_frames),
+                               (s * spec.segment_seconds, min(dur, (s + 1) * spec.segment_seconds)))}
+                    for s in range(n)]
+        seg = segment_indices(n, spec.frames, spec.mode == "train", rng)  # (T,)
+        return [{"video": (segment_frames(seg, spec.segment_seconds, fps, num_frames), (0.0, dur))}]
     if spec.mode == "train":
         return [{"video": clip(rand_start(spec.seconds), spec.seconds, spec.frames)}]
     if spec.mode == "val":

@@ -4,7 +4,9 @@ epochs on the cached tokens (ViS4mer-style finetuning) instead of decoding and e
 A cache is a directory (``data.features``) with one ``<split>.beton`` per split the run reads
 (:func:`feature_path`), written by ``tools/extract_features.py``: val/test hold exactly the clips
 the video path evaluates (the config's windows, centre or full clip), train its windows at a
-stride (default: non-overlapping, ``data.clip_seconds``) - each window one training example.
+stride (default: non-overlapping, ``data.clip_seconds``) - each window one training example - or,
+with ``data.sampling: segments``, every segment of every video, T of which the reader draws per
+video and epoch.
 
 Writer (:func:`write_feature_cache`): one record per clip or window with fields ``tokens``
 (T*P, D) float16 (stored as its int16 bits), ``label`` (int64 class id, float target, or
@@ -70,6 +72,8 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
     DatasetWriter(path, fields, num_workers=num_workers).from_indexed_dataset(_Staged())
     with open(path + ".videos.json", "w") as f:
         json.dump(sorted(video_ids, key=video_ids.get), f)
+    if (meta or {}).get("clips") == "all_segments":  # the loader draws each video's segments by record
+        np.save(path + ".record_video.npy", np.asarray(vids, dtype=np.int32))
     with open(path + ".json", "w") as f:
         json.dump({**(meta or {}), "num_tokens": num_tokens, "dim": dim, "records": n, "videos": len(video_ids)}, f)
     for p in os.listdir(tmpdir):
@@ -111,6 +115,43 @@ def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
     return factory
 
 
+def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: int, seed: int, rank: int,
+                   world: int, shuffle: bool, train: bool):
+    """An ffcv traversal order over a cache of single segments (``all_segments``): each epoch the
+    videos in a seeded permutation, dealt round-robin to ranks in equal shares, and for each video
+    the records of its ``count`` segments drawn by :func:`data.clips.segment_indices` (training: a
+    random sorted sample from ``sample_rng(seed, epoch, video)``, as the video path draws it), so
+    every ``count`` consecutive records are one training example."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    from data.clips import sample_rng, segment_indices
+
+    def records(epoch: int) -> np.ndarray:
+        videos = epoch_order(np.arange(len(records_of)), seed, epoch, shuffle)[rank::world]
+        videos = videos[:len(records_of) // world]
+        return np.concatenate([records_of[v][segment_indices(len(records_of[v]), count, train,
+                                                              sample_rng(seed, epoch, video_ids[v]))]
+                               for v in videos]) if len(videos) else np.zeros(0, dtype=np.int64)
+
+    class SegmentOrder(TraversalOrder):
+        def sample_order(self, epoch: int):
+            return records(epoch)
+
+    class Factory(TraversalOrder):
+        def __init__(self):
+            pass
+
+        def __call__(self, loader):
+            return SegmentOrder(loader)
+
+        def sample_order(self, epoch: int):
+            raise NotImplementedError
+
+    factory = Factory()
+    factory.overrides = {}
+    return factory
+
+
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """All records in the order of ``epoch`` (seeded permutation, or file order), before ranks split it."""
     return np.random.default_rng(seed + epoch).permutation(indices) if shuffle else np.asarray(indices)
@@ -118,7 +159,9 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
 
 class FeatureLoader:
     """Batches of one rank from a cache file: ``tokens`` (B, T*P, D) float32, ``label``, ``video_id``
-    (list of B), ``bounds`` (B, 2) seconds.
+    (list of B), ``bounds`` (B, 2) seconds. A cache of single segments (``tools/extract_features.py``
+    with ``data.sampling: segments``) yields each video once per epoch as T = ``frames`` of its
+    segments, drawn afresh each epoch (:func:`_segment_order`).
 
     Args:
         path: a ``<split>.beton`` (:func:`feature_path`). batch_size: records per rank per step.
@@ -147,8 +190,23 @@ class FeatureLoader:
             type(reader.handlers["label"]).__name__, IntDecoder)()
         self.rank, self.world, self.finite = rank, world, finite
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.order = _rank_order(seed, rank, world, shuffle, equal=not finite)
-        self.loader = Loader(path, batch_size=batch_size, num_workers=num_workers, drop_last=not finite,
+        self.segments = 0  # a cache of single segments: each example is `frames` of one video's records
+        if self.meta.get("clips") == "all_segments":
+            if finite:
+                raise ValueError(f"data.features: {path} holds single segments (a training cache of "
+                                 "data.sampling=segments); evaluation reads the val/test caches")
+            self.segments = int(self.meta["frames"])
+            owner = np.load(path + ".record_video.npy")  # (records,) video index of each record
+            by_video = np.argsort(owner, kind="stable")
+            bounds = np.searchsorted(owner[by_video], np.arange(len(self.video_ids) + 1))
+            records_of = [by_video[bounds[v]:bounds[v + 1]] for v in range(len(self.video_ids))]
+            self.num_samples = len(self.video_ids)
+            self.order = _segment_order(records_of, self.video_ids, self.segments, seed, rank, world, shuffle,
+                                        train=True)
+        else:
+            self.order = _rank_order(seed, rank, world, shuffle, equal=not finite)
+        self.loader = Loader(path, batch_size=batch_size * max(1, self.segments), num_workers=num_workers,
+                             drop_last=not finite,
                              order=self.order,
                              pipelines={"tokens": [NDArrayDecoder(), ToTensor()], "label": [label_dec, ToTensor()],
                                         "video": [IntDecoder(), ToTensor()], "bounds": [NDArrayDecoder(), ToTensor()]})
@@ -171,9 +229,15 @@ class FeatureLoader:
             if label.ndim == 2 and label.shape[1] == 1:
                 label = label[:, 0]
             tokens = torch.as_tensor(tokens).view(torch.float16).float()  # int16 bits -> float16 -> float32 (a copy)
-            yield {"tokens": tokens, "label": label,
-                   "video_id": [self.video_ids[int(v)] for v in torch.as_tensor(video).reshape(-1)],
-                   "bounds": torch.as_tensor(bounds).clone()}
+            video = torch.as_tensor(video).reshape(-1)
+            bounds = torch.as_tensor(bounds).clone()
+            if self.segments:  # (B*T, P, D) segments, T per video in order -> (B, T*P, D) examples
+                T = self.segments
+                tokens = tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2])  # (B, T*P, D)
+                label, video = label[::T], video[::T]
+                bounds = torch.stack([bounds[::T, 0], bounds[T - 1::T, 1]], 1)  # (B, 2) first start, last end
+            yield {"tokens": tokens, "label": label, "video_id": [self.video_ids[int(v)] for v in video],
+                   "bounds": bounds}
         if not self.finite:
             self.epoch, self.step = self.epoch + 1, 0
 
@@ -187,7 +251,11 @@ class FeatureLoader:
         interrupted epoch that no old rank had consumed are dealt round-robin to this run's ranks in
         equal shares of whole batches (the few left over are dropped, as ``drop_last`` drops an
         epoch's tail on every rank); later epochs follow this run's world size. Raises ValueError
-        for another backend or a missing rank's state."""
+        for another backend, a missing rank's state, or a cache of single segments (not supported:
+        resume it on the world size that saved it)."""
+        if self.segments:
+            raise ValueError("data.features: a cache of single segments (data.sampling=segments) resumes only on "
+                             "the world size that saved it; relaunch with that many ranks")
         if any(s.get("backend") != "features" for s in states):
             raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
         old_world, epoch = states[0]["world"], states[0]["epoch"]

@@ -80,6 +80,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     r = _run(cmd + [f"data.shards={shards}", f"run.dir={run}", *SMALL, *variant])
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     results = json.loads((run / "results.json").read_text())
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert data["sampling"] == ("segments" if stage in ("coin", "breakfast") else "window")  # the authors' protocol
     resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4")
     assert resolved["frame_tokens"] == {"charades_videomamba": "cls", "charades_caption": "cls+patch"}.get(stage, "patch")

@@ -11,7 +11,10 @@ then train with ``data.backend=features data.features=cache/lvu_genre_features``
   window at ``data.eval_stride_seconds`` - LVU's 60 s / 1 s - or the centre / full clip), so the
   feature path reports the video path's metrics;
 * train: windows of ``data.clip_seconds`` every ``--train-stride`` seconds (default: the window
-  length, i.e. non-overlapping), each a training example.
+  length, i.e. non-overlapping), each a training example; with ``data.sampling: segments`` every
+  segment of every video instead (one record of (P, D) tokens each), from which the feature loader
+  draws ``data.frames`` segments per video each epoch, as the video path does (the ViS4mer
+  authors' protocol, :func:`data.clips.segment_indices`).
 
 Frames are normalised with the encoder's mean/std; encoding runs in bf16 on a GPU.
 """
@@ -78,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     label_dtype = np.int64 if task == "classification" else np.float32
     label_shape = (num_classes,) if task == "multilabel" else ()
     os.makedirs(out, exist_ok=True)
+    per_frame = tok_shape[0] // d.frames  # P tokens per frame
     for split in splits:
-        if split == d.train_split:
+        num_tokens = tok_shape[0]
+        if split == d.train_split and d.sampling == "segments":
+            spec = ClipSpec(mode="all_segments", frames=1, segment_seconds=d.segment_seconds)
+            num_tokens = per_frame
+        elif split == d.train_split:
             stride = a.train_stride or d.clip_seconds
             spec = ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride)
         else:
@@ -87,17 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         loader = VideoLoader(d.shards, split, spec, batch_size=a.batch_size, image_size=d.image_size,
                              mean=encoder.mean, std=encoder.std, num_workers=min(2, d.num_workers), task=task,
                              num_classes=num_classes, finite=True)
-        meta = {"split": split, "clips": spec.mode if spec.mode == "windows" else spec.val_clip, "frames": d.frames,
+        clips = spec.mode if spec.mode in ("windows", "all_segments") else (
+            "segments" if spec.sampling == "segments" else spec.val_clip)
+        meta = {"split": split, "clips": clips, "frames": d.frames, "sampling": d.sampling,
+                "segment_seconds": d.segment_seconds if d.sampling == "segments" else None,
                 "clip_seconds": d.clip_seconds, "stride_seconds": spec.stride if spec.mode == "windows" else None,
                 "image_size": d.image_size, "encoder": cfg.model.encoder, "shards": d.shards,
                 "frame_tokens": cfg.model.frame_tokens, "spatial_grid": cfg.model.spatial_grid,
                 "grid": list(grid) if grid else None}  # (T, H', W') of the tokens, for max_st pooling
         records = tqdm(window_records(loader, encoder, device), desc=f"encoding {split}", unit="clip")
         path = feature_path(out, split)
-        n = write_feature_cache(records, path, tok_shape[0], tok_shape[1], label_shape, label_dtype, meta=meta)
+        n = write_feature_cache(records, path, num_tokens, tok_shape[1], label_shape, label_dtype, meta=meta)
         loader.close()
         videos = len(json.load(open(path + ".videos.json")))
-        print(f"{split}: {n} clips of {videos} videos -> {path} (tokens {tuple(tok_shape)} float16)", flush=True)
+        what = "segments" if spec.mode == "all_segments" else "clips"
+        print(f"{split}: {n} {what} of {videos} videos -> {path} (tokens {(num_tokens, tok_shape[1])} float16)",
+              flush=True)
     return 0
 
 

@@ -58,6 +58,11 @@ class DataConfig:
     clip_seconds: float = 60.0  # span of one clip/window, seconds
     eval_stride_seconds: float = 1.0  # LVU protocol: windows every 1 s
     eval_clip: Literal["center", "full", "windows"] = "center"
+    # window: one clip of clip_seconds (random in training, eval_clip in evaluation); segments: the
+    # ViS4mer authors' Breakfast/COIN protocol - `frames` segments of segment_seconds over the whole
+    # video, a random sorted sample in training, uniformly spaced in evaluation (data.clips)
+    sampling: Literal["window", "segments"] = "window"
+    segment_seconds: float = 1.0
     # windows only: further strides (seconds; 0 = clip_seconds, no overlap) the test split is also
     # evaluated at, reported side by side (seed 004's overlap table); model selection uses eval_stride_seconds
     eval_strides_seconds: list[float] = field(default_factory=list)
@@ -355,6 +360,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.mask_ratio: must be in [0, 1), got {cfg.model.mask_ratio}")
     if cfg.data.short_seconds > cfg.data.long_seconds and cfg.data.short_inside_long:
         raise ConfigError("data.short_seconds: must be <= data.long_seconds when data.short_inside_long is true")
+    if cfg.data.sampling == "segments":
+        if cfg.data.segment_seconds <= 0:
+            raise ConfigError(f"data.segment_seconds: must be > 0, got {cfg.data.segment_seconds}")
+        if cfg.data.eval_clip != "center":
+            raise ConfigError(f"data.eval_clip: {cfg.data.eval_clip!r} does not apply with data.sampling=segments "
+                              "(evaluation takes uniformly spaced segments over the whole video); leave it at "
+                              "'center' or set data.sampling=window")
+        if cfg.run.mode == "pretrain":
+            raise ConfigError("data.sampling: 'segments' applies to finetune and eval runs; LSMCL pretraining cuts "
+                              "its long and short clips by data.long_seconds / data.short_seconds (allowed: 'window')")
     if cfg.data.eval_strides_seconds and cfg.data.eval_clip != "windows":
         raise ConfigError("data.eval_strides_seconds: needs data.eval_clip=windows (strides of sliding windows), "
                           f"got eval_clip={cfg.data.eval_clip!r}")

@@ -108,10 +108,12 @@ def per_video_predictions(video_ids: list[str], scores: torch.Tensor, labels: to
 def eval_clip_spec(d, stride: float | None = None) -> ClipSpec:
     """The clips evaluation cuts from each video, from the ``data`` config: every window of
     ``clip_seconds`` at ``eval_stride_seconds`` (``eval_clip: windows``; ``stride`` seconds instead
-    when given), or one centred / full clip."""
+    when given), or one centred / full clip; with ``data.sampling: segments`` the uniformly spaced
+    segments over the whole video (:func:`data.clips.segment_indices`)."""
     if d.eval_clip == "windows":
         return ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride or d.eval_stride_seconds)
-    return ClipSpec(mode="val", frames=d.frames, seconds=d.clip_seconds, val_clip=d.eval_clip)
+    return ClipSpec(mode="val", frames=d.frames, seconds=d.clip_seconds, val_clip=d.eval_clip, sampling=d.sampling,
+                    segment_seconds=d.segment_seconds)
 
 
 @torch.no_grad()

@@ -288,6 +288,14 @@ def _check_features(cfg: Config) -> None:
                 raise ConfigError(f"data.features: no cache for split {s!r} ({key}) at {path}; write it with "
                                   f"python tools/extract_features.py --config ... (every split the run reads)")
             meta = json.loads(Path(path + ".json").read_text()) if os.path.exists(path + ".json") else {}
+            sampling = meta.get("sampling", "window")
+            if sampling != cfg.data.sampling or (sampling == "segments" and (
+                    meta.get("frames"), meta.get("segment_seconds")) != (cfg.data.frames, cfg.data.segment_seconds)):
+                got = f"sampling={sampling}" + (f", frames={meta.get('frames')}, segment_seconds="
+                                                f"{meta.get('segment_seconds')}" if sampling == "segments" else "")
+                raise ConfigError(f"data.sampling: {cfg.data.sampling!r} (frames={cfg.data.frames}, segment_seconds="
+                                  f"{cfg.data.segment_seconds}), but the cache {path} was extracted with {got}; "
+                                  "re-extract with this config or set the same data.* keys")
             for k in ("frame_tokens", "spatial_grid"):
                 if k in meta and meta[k] != getattr(cfg.model, k):
                     raise ConfigError(f"model.{k}: {getattr(cfg.model, k)!r}, but the cache {path} holds "

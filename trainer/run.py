@@ -135,7 +135,8 @@ class Trainer:
             from data.features import feature_path
             self.encoder, self.mean, self.std = None, (0.5,) * 3, (0.5,) * 3
             meta = json.loads(Path(feature_path(cfg.data.features, cfg.data.train_split) + ".json").read_text())
-            self.token_shape = (meta["num_tokens"], meta["dim"])
+            per_record = meta["num_tokens"] * (meta["frames"] if meta.get("clips") == "all_segments" else 1)
+            self.token_shape = (per_record, meta["dim"])  # one example's (L, D)
             self.grid = tuple(meta["grid"]) if meta.get("grid") else None
         else:
             self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights, cfg.model.frame_tokens,
@@ -230,7 +231,8 @@ class Trainer:
                             short_frames=d.short_frames, short_seconds=d.short_seconds,
                             short_inside_long=d.short_inside_long)
         else:
-            spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds)
+            spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds, sampling=d.sampling,
+                            segment_seconds=d.segment_seconds)
         backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
         return build_loader(backend, d.shards, d.train_split, spec, features=d.features,
                             batch_size=d.batch_size, image_size=d.image_size, mean=self.mean,
