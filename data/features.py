@@ -82,67 +82,25 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
     return n
 
 
-def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
-    """An ffcv traversal order: each epoch a permutation of all records (seeded by seed + epoch, or
-    file order), dealt round-robin to ranks; with ``equal`` every rank gets N // world records
-    (training: the same number of steps everywhere), else every record goes to exactly one rank.
+def _order(sample_order):
+    """An ffcv traversal order whose ``sample_order(epoch)`` is ``sample_order(epoch, indices)``
+    (``indices``: every record of the file), with an ``overrides`` dict (epoch -> records) for the
+    caller.
 
     ffcv 1.0.2's Loader accepts a custom order only as an *instance* of TraversalOrder, which it then
     calls with the loader (it tests ``isinstance`` where a class is meant), hence the factory."""
     from ffcv.traversal_order.base import TraversalOrder
 
-    class RankOrder(TraversalOrder):
+    class Order(TraversalOrder):
         def sample_order(self, epoch: int):
-            if epoch in overrides:  # an elastic resume's share of the interrupted epoch
-                return overrides[epoch]
-            order = epoch_order(self.indices, seed, epoch, shuffle)
-            mine = order[rank::world]
-            return mine[:len(self.indices) // world] if equal else mine
+            return sample_order(epoch, self.indices)
 
     class Factory(TraversalOrder):
         def __init__(self):  # no loader yet
             pass
 
         def __call__(self, loader):
-            return RankOrder(loader)
-
-        def sample_order(self, epoch: int):
-            raise NotImplementedError
-
-    overrides: dict[int, np.ndarray] = {}
-    factory = Factory()
-    factory.overrides = overrides  # epoch -> this rank's records, set by FeatureLoader.load_elastic_state
-    return factory
-
-
-def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: int, seed: int, rank: int,
-                   world: int, shuffle: bool, train: bool):
-    """An ffcv traversal order over a cache of single segments (``all_segments``): each epoch the
-    videos in a seeded permutation, dealt round-robin to ranks in equal shares, and for each video
-    the records of its ``count`` segments drawn by :func:`data.clips.segment_indices` (training: a
-    random sorted sample from ``sample_rng(seed, epoch, video)``, as the video path draws it), so
-    every ``count`` consecutive records are one training example."""
-    from ffcv.traversal_order.base import TraversalOrder
-
-    from data.clips import sample_rng, segment_indices
-
-    def records(epoch: int) -> np.ndarray:
-        videos = epoch_order(np.arange(len(records_of)), seed, epoch, shuffle)[rank::world]
-        videos = videos[:len(records_of) // world]
-        return np.concatenate([records_of[v][segment_indices(len(records_of[v]), count, train,
-                                                              sample_rng(seed, epoch, video_ids[v]))]
-                               for v in videos]) if len(videos) else np.zeros(0, dtype=np.int64)
-
-    class SegmentOrder(TraversalOrder):
-        def sample_order(self, epoch: int):
-            return records(epoch)
-
-    class Factory(TraversalOrder):
-        def __init__(self):
-            pass
-
-        def __call__(self, loader):
-            return SegmentOrder(loader)
+            return Order(loader)
 
         def sample_order(self, epoch: int):
             raise NotImplementedError
@@ -150,6 +108,40 @@ def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: in
     factory = Factory()
     factory.overrides = {}
     return factory
+
+
+def _rank_order(seed: int, rank: int, world: int, shuffle: bool, equal: bool):
+    """An ffcv traversal order: each epoch a permutation of all records (seeded by seed + epoch, or
+    file order), dealt round-robin to ranks; with ``equal`` every rank gets N // world records
+    (training: the same number of steps everywhere), else every record goes to exactly one rank.
+    ``overrides`` (epoch -> this rank's records) is set by FeatureLoader.load_elastic_state."""
+    def sample_order(epoch: int, indices: np.ndarray) -> np.ndarray:
+        if epoch in factory.overrides:  # an elastic resume's share of the interrupted epoch
+            return factory.overrides[epoch]
+        mine = epoch_order(indices, seed, epoch, shuffle)[rank::world]
+        return mine[:len(indices) // world] if equal else mine
+
+    factory = _order(sample_order)
+    return factory
+
+
+def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: int, seed: int, rank: int,
+                   world: int, shuffle: bool):
+    """An ffcv traversal order over a cache of single segments (``all_segments``): each epoch the
+    videos in a seeded permutation, dealt round-robin to ranks in equal shares, and for each video
+    the records of its ``count`` segments drawn by :func:`data.clips.segment_indices` (a training
+    draw: a random sorted sample from ``sample_rng(seed, epoch, video)``, as the video path draws
+    it), so every ``count`` consecutive records are one training example."""
+    from data.clips import sample_rng, segment_indices
+
+    def sample_order(epoch: int, indices: np.ndarray) -> np.ndarray:
+        videos = epoch_order(np.arange(len(records_of)), seed, epoch, shuffle)[rank::world]
+        videos = videos[:len(records_of) // world]
+        return np.concatenate([records_of[v][segment_indices(len(records_of[v]), count, True,
+                                                              sample_rng(seed, epoch, video_ids[v]))]
+                               for v in videos]) if len(videos) else np.zeros(0, dtype=np.int64)
+
+    return _order(sample_order)
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -201,8 +193,7 @@ class FeatureLoader:
             bounds = np.searchsorted(owner[by_video], np.arange(len(self.video_ids) + 1))
             records_of = [by_video[bounds[v]:bounds[v + 1]] for v in range(len(self.video_ids))]
             self.num_samples = len(self.video_ids)
-            self.order = _segment_order(records_of, self.video_ids, self.segments, seed, rank, world, shuffle,
-                                        train=True)
+            self.order = _segment_order(records_of, self.video_ids, self.segments, seed, rank, world, shuffle)
         else:
             self.order = _rank_order(seed, rank, world, shuffle, equal=not finite)
         self.loader = Loader(path, batch_size=batch_size * max(1, self.segments), num_workers=num_workers,
