@@ -42,6 +42,9 @@ setup(
         # FFCV feature cache; builds from source: needs scripts/install_system.sh's Debian packages
         "ffcv": ["ffcv==1.0.2", "pillow"],
         "dev": ["pytest>=8", "selenium>=4.20"],  # selenium drives Debian's chromium in the web page test
+        # benchmarks/authors_parity.py: what the authors' s4.py imports (pytorch_lightning is stood in for)
+        "parity": ["omegaconf>=2.1", "opt_einsum>=3.3", "scipy>=1.10"],
+        "bench": ["scikit-learn>=1.3"],  # benchmarks/linear_probe.py
     },
     entry_points={"console_scripts": ["s5video-make-shards=tools.make_shards:main"]},
 )

@@ -19,9 +19,10 @@ from models.vis4mer import ViS4mer
 
 
 def make_attention_baseline(num_classes: int, mixer: str, d_model: int = 1024, depth: int = 3, dropout: float = 0.2,
-                            num_heads: int = 8, pool: str = "max_st", channel_scaling: bool = True, **mixer_kw) -> ViS4mer:
+                            num_heads: int = 8, pool: str | None = None, channel_scaling: bool = True,
+                            **mixer_kw) -> ViS4mer:
     """The ViS4mer decoder with an attention token mixer (``"attention"``, ``"performer"``,
-    ``"orthoformer"``); ``mixer_kw``: num_features, num_landmarks, materialize."""
+    ``"orthoformer"``); ``mixer_kw``: num_features, num_landmarks, materialize, block."""
     return ViS4mer(num_classes, d_model, depth, dropout=dropout, mixer=mixer, num_heads=num_heads, pool=pool,
                    channel_scaling=channel_scaling, positional=True, **mixer_kw)
 

@@ -3,7 +3,8 @@ arguments. The trainer calls :func:`build_model` and knows none of them.
 
 ``CONFIG_ARGS[family]`` maps the config keys a family reads to its constructor's arguments; a key
 whose value is None is not passed, so the registered flavour's default applies (e.g.
-``model.pool: null`` = max_st for ViS4mer/LST, avg1d for S5). A key a family does not map is not
+``model.pool: null`` = the block's pooling: avg1d for ``model.block=authors`` and S5, max_st for
+``paper``). A key a family does not map is not
 read for it (e.g. ``model.keep_ratio`` for ``vis4mer``).
 """
 from __future__ import annotations
@@ -16,12 +17,12 @@ from torch import nn
 from models.registry import create_model, family_of
 
 _DECODER = {"width": "d_model", "depth": "depth", "dropout": "dropout", "pool": "pool",
-            "channel_scaling": "channel_scaling"}
+            "channel_scaling": "channel_scaling", "block": "block"}
 _S4 = {"state_size": "d_state", "kernel": "kernel"}
 CONFIG_ARGS: dict[str, dict[str, str]] = {
     "vis4mer": {**_DECODER, **_S4},
     "s5": {**_DECODER, **_S4, "keep_ratio": "keep_ratio", "mask_generator": "mask_generator",
-           "gumbel_temperature": "gumbel_temperature", "momentum": "momentum"},
+           "gumbel_temperature": "gumbel_temperature", "momentum": "momentum", "selection": "selection"},
     "lst": dict(_DECODER),
     "lst_full": dict(_DECODER),
     "performer": {**_DECODER, "num_features": "num_features"},

@@ -9,14 +9,16 @@ modes: complex-conjugate pairs are implied, so the kernels sum ``2 * Re``).
 * :class:`S4Kernel` - Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured State
   Spaces" (S4), Algorithm 1: HiPPO-LegS in normal-plus-low-rank form A = Lambda - P P^*, bilinear
   discretisation, the kernel's generating function at the roots of unity via Cauchy kernels and
-  the Woodbury identity, then an inverse FFT; C is parameterised as C~ = C (I - dA^L).
+  the Woodbury identity, then an inverse FFT; C is parameterised as C~ = C (I - dA^L); B, P, Q,
+  C~ per channel and Lambda shared, as ViS4mer's public S4 v1 (``s4.py``).
 
 Kernels are computed in float32 even under autocast, in chunks of ``chunk`` positions (S4D) or
 frequencies (S4) with activation checkpointing, so memory stays bounded (H=1024, L=11,820). By
 default a chunk holds ``KERNEL_CHUNK_ELEMS`` (H, N2, chunk) elements: cache-sized on CPU (at
 H=128 the S4 kernel's forward + backward is 3x faster than with 1,024 frequencies), larger on a GPU.
 Complex parameters are stored as real views (``(..., 2)`` tensors). The SSM parameters (A, B, dt,
-and P) carry ``_optim = {"lr": ..., "weight_decay": 0.0}`` for their own optimizer group.
+and P) carry ``_optim = {"lr": ..., "weight_decay": 0.0}`` for their own optimizer group (C and Q
+train with the model's, as in the authors' code).
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ class S4DKernel(nn.Module):
         def vandermonde(s: int, e: int, dtA: torch.Tensor, Cp: torch.Tensor) -> torch.Tensor:
             # 2 Re(Cp z^l) with z = exp(dt A) = r e^{i theta}: 2 r^l (Re Cp cos(theta l) - Im Cp sin(theta l)),
             # in real arithmetic (complex exp is several times slower on CPU)
-            pos = torch.arange(s, e, device=dtA.device, dtype=torch.float32)  # (Lc,)
+            pos = torch.arange(s, e, device=dtA.device, dtype=dtA.real.dtype)  # (Lc,)
             mag = torch.exp(dtA.real[:, :, None] * pos)  # (H, N2, Lc) r^l
             ang = dtA.imag[:, :, None] * pos  # (H, N2, Lc) theta l
             return 2 * (torch.einsum("hn,hnl->hl", Cp.real, mag * torch.cos(ang)) -
@@ -137,8 +139,18 @@ def hippo_legs_nplr(N: int):
 class S4Kernel(nn.Module):
     """S4 convolution kernel: NPLR HiPPO-LegS, bilinear discretisation, Cauchy + Woodbury (S4, Alg. 1).
 
-    One (Lambda, P, B) shared across channels as in ViS4mer's S4 v1; C~ (H, N2) and dt (H,) per
-    channel. forward(L) -> K: (H, L) float32.
+    Parameterised per channel as ViS4mer's public S4 v1 (``s4.py``: ``SSKernelNPLR`` with
+    ``HippoSSKernel``'s defaults ``trainable = {A: 1, B: 2, C: 1, dt: 1}``) does: the diagonal
+    Lambda (N2,) is one tensor shared by all channels (``w``, trainable without ``repeat``); B and
+    the low-rank P are copied per channel ((H, N2) each: the authors' ``B`` tensor of shape
+    (H, 2, N2) holds both); C~ and the low-rank Q are per channel ((H, N2) each: the authors' ``C``
+    tensor holds both, with Q = P at initialisation, so A_h = Lambda - P_h Q_h^* once trained);
+    dt (H,). Optimizer groups as the authors': Lambda, B, P and log_dt carry ``_optim`` (lr 1e-3,
+    weight decay 0); C and Q train with the model's lr and weight decay.
+
+    forward(L) -> K: (H, L) float32, the kernel of the state-space model run for L steps with C~ as
+    the truncated generating function's parameter (C = C~ (I - dA^L)^{-1}); ViS4mer's code computes
+    the kernel at ``l_max`` = the input length, so the two agree when L is the length the model sees.
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
@@ -150,25 +162,29 @@ class S4Kernel(nn.Module):
         N2 = Lam.shape[0]
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)  # (H,)
         C = torch.randn(H, N2, dtype=torch.cfloat) * (0.5 ** 0.5)  # (H, N2) the C~ parameter
+        per_channel = lambda v: torch.view_as_real(v.to(torch.cfloat)).repeat(H, 1, 1)  # (N2,) -> (H, N2, 2)
         _register(self, "log_dt", log_dt, lr)
-        _register(self, "Lambda", torch.view_as_real(Lam.to(torch.cfloat)), lr)  # (N2, 2)
-        _register(self, "P", torch.view_as_real(P.to(torch.cfloat)), lr)  # (N2, 2)
-        _register(self, "B", torch.view_as_real(B.to(torch.cfloat)), lr)  # (N2, 2)
+        _register(self, "Lambda", torch.view_as_real(Lam.to(torch.cfloat)), lr)  # (N2, 2) shared
+        _register(self, "B", per_channel(B), lr)  # (H, N2, 2)
+        _register(self, "P", per_channel(P), lr)  # (H, N2, 2)
         self.C = nn.Parameter(torch.view_as_real(C))  # (H, N2, 2)
+        self.Q = nn.Parameter(per_channel(P))  # (H, N2, 2), = P at init
 
     def dt(self) -> torch.Tensor:
         return self.log_dt.exp().clamp(DT_MIN_CLAMP, DT_MAX_CLAMP)  # (H,)
 
     def ssm(self):
-        """Lambda (N2,), P (N2,), B (N2,), C~ (H, N2) complex; dt (H,)."""
-        return as_complex(self.Lambda), as_complex(self.P), as_complex(self.B), as_complex(self.C), self.dt()
+        """Lambda (N2,), P (H, N2), Q (H, N2), B (H, N2), C~ (H, N2) complex; dt (H,):
+        A_h = Lambda - P_h Q_h^* (with the conjugate modes implied)."""
+        return (as_complex(self.Lambda), as_complex(self.P), as_complex(self.Q), as_complex(self.B),
+                as_complex(self.C), self.dt())
 
     def forward(self, L: int) -> torch.Tensor:
-        Lam, P, B, C, dt = self.ssm()
-        v = torch.stack([C * B, C * P, (P.conj() * B).expand_as(C), (P.conj() * P).expand_as(C)])  # (4, H, N2)
+        Lam, P, Q, B, C, dt = self.ssm()
+        v = torch.stack([C * B, C * P, Q.conj() * B, Q.conj() * P])  # (4, H, N2)
 
         def spectrum(s: int, e: int, v: torch.Tensor, Lam: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-            k = torch.arange(s, e, device=dt.device, dtype=torch.float32)  # (Fc,) frequencies
+            k = torch.arange(s, e, device=dt.device, dtype=dt.dtype)  # (Fc,) frequencies (float64 stays)
             omega = torch.exp(-2j * math.pi * k / L)  # (Fc,) roots of unity
             # 1/(z - Lambda) with z = 2/dt (1-w)/(1+w), written as b / (a - Lambda b): no pole at w = -1
             a = (2.0 / dt)[:, None] * (1 - omega)  # (H, Fc)

@@ -1,8 +1,15 @@
 """ViS4mer (Islam & Bertasius, ECCV 2022): multi-scale temporal S4 decoder over frozen frame tokens.
 
-Block (paper eq. 4): ``x_s4 = S4(LN(x)); x_mlp = MLP(Pool(x_s4)); x_skip = Linear(Pool(x));
-x_out = x_mlp + x_skip``. Each block halves the channels (1024 -> 512 -> 256 -> 128) and pools
-the tokens. The paper's pooling (section 3, "Spatiotemporal Resolution Reduction"; section 4.2):
+Two blocks (``block``); each halves the channels (1024 -> 512 -> 256 -> 128) and pools the tokens:
+
+* ``"authors"`` (default) - the public code that produced the paper's tables (``models.py`` of
+  md-mohaiminul/ViS4mer): ``x = x + Dropout(S4(LN(x))); x = GELU(Linear(Pool(x)))``, pooling
+  AvgPool1d(2). The default because a user reproducing the released numbers needs it.
+* ``"paper"`` - eq. 4 as written: ``x_s4 = S4(LN(x)); x_mlp = MLP(Pool(x_s4));
+  x_skip = Linear(Pool(x)); x_out = x_mlp + x_skip``, pooling ``max_st``.
+
+``pool=None`` takes the block's own pooling (authors: ``avg1d``, paper: ``max_st``). The paper's
+pooling (section 3, "Spatiotemporal Resolution Reduction"; section 4.2):
 
     "We reduce the space-time resolution of our input tensor by a factor of s_T x s_H x s_W using
     a max-pooling layer where s_T x s_H x s_W is the stride along each axis of the input tensor."
@@ -31,6 +38,19 @@ from models.ssm import S4, ChannelDropout
 
 
 POOLS = ("avg1d", "max_st", "none")
+BLOCKS = ("authors", "paper")
+BLOCK_POOL = {"authors": "avg1d", "paper": "max_st"}  # each block's own pooling (pool=None)
+
+
+def block_pool(block: str, pool: str | None) -> str:
+    """The pooling a block runs: ``pool``, or the block's own when None. Raises ValueError for an
+    unknown block or pooling, naming the allowed values."""
+    if block not in BLOCKS:
+        raise ValueError(f"block: {block!r} not allowed; allowed values: {', '.join(BLOCKS)}")
+    pool = BLOCK_POOL[block] if pool is None else pool
+    if pool not in POOLS:
+        raise ValueError(f"pool: {pool!r} not allowed; allowed values: {', '.join(POOLS)}")
+    return pool
 
 
 def pool_tokens(x: torch.Tensor, pool: str, grid: tuple[int, int, int] | None):
@@ -75,7 +95,8 @@ def make_mixer(mixer: str, d_model: int, d_state: int, kernel: str, bidirectiona
 
 
 class ViS4merBlock(nn.Module):
-    """One multi-scale block (eq. 4): (B, L, D_in) -> (B, L', D_out); L' from the pooling."""
+    """One multi-scale block as the paper writes it (eq. 4): (B, L, D_in) -> (B, L', D_out); L'
+    from the pooling."""
 
     def __init__(self, d_in: int, d_out: int, mixer: nn.Module, pool: str = "max_st", dropout: float = 0.2):
         super().__init__()
@@ -92,11 +113,34 @@ class ViS4merBlock(nn.Module):
         return self.mlp(pooled_s4) + self.skip(pooled_x), new_grid  # (B, L', D_out)
 
 
+class ViS4merAuthorsBlock(nn.Module):
+    """One block as ViS4mer's public code runs it (``models.py``, prenorm): a residual S4 layer,
+    then pooling, a Linear that halves the width and GELU: (B, L, D_in) -> (B, L', D_out).
+
+    ``x = x + Dropout(S4(LN(x)))``; ``x = GELU(Linear(Pool(x)))``. The authors' dropout there is
+    ``nn.Dropout2d`` on (B, H, L); here :class:`ChannelDropout` (one draw per sample and channel).
+    """
+
+    def __init__(self, d_in: int, d_out: int, mixer: nn.Module, pool: str = "avg1d", dropout: float = 0.2):
+        super().__init__()
+        self.pool = pool
+        self.norm = nn.LayerNorm(d_in)
+        self.mixer = mixer
+        self.dropout = ChannelDropout(dropout)
+        self.linear = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor, grid=None):
+        x = x + self.dropout(self.mixer(self.norm(x)))  # (B, L, D_in) residual S4 layer
+        x, new_grid = pool_tokens(x, self.pool, grid)  # (B, L', D_in)
+        return F.gelu(self.linear(x)), new_grid  # (B, L', D_out)
+
+
 class ViS4merDecoder(nn.Module):
     """Stack of ``depth`` blocks, then the mean over tokens: (B, L, D) -> (B, D_out).
 
     Args: d_model (input width D); depth; d_state (N) and kernel ('s4'|'s4d') of the S4 mixer;
-    pool ('max_st'|'avg1d'|'none'); channel_scaling (halve the width in each block, D_out =
+    pool ('max_st'|'avg1d'|'none'; None: the block's own); block ('authors' | 'paper', see the
+    module docstring); channel_scaling (halve the width in each block, D_out =
     D / 2^depth; False keeps D: Table 5's "no scaling"); dropout; mixer ('s4' | 'attention' |
     'performer' | 'orthoformer'); num_heads, num_features (Performer m), num_landmarks
     (Orthoformer m), materialize (LST with the L x L matrix formed); positional (add the fixed
@@ -105,15 +149,17 @@ class ViS4merDecoder(nn.Module):
     """
 
     def __init__(self, d_model: int = 1024, depth: int = 3, d_state: int = 64, kernel: str = "s4",
-                 pool: str = "max_st", dropout: float = 0.2, mixer: str = "s4", num_heads: int = 8,
+                 pool: str | None = None, dropout: float = 0.2, mixer: str = "s4", num_heads: int = 8,
                  bidirectional: bool = False, channel_scaling: bool = True, num_features: int = 256,
-                 num_landmarks: int = 128, materialize: bool = False, positional: bool | None = None):
+                 num_landmarks: int = 128, materialize: bool = False, positional: bool | None = None,
+                 block: str = "authors"):
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool: {pool!r} not allowed; allowed values: {', '.join(POOLS)}")
+        pool = block_pool(block, pool)
+        self.block, self.pool = block, pool
         widths = [d_model // 2 ** i if channel_scaling else d_model for i in range(depth + 1)]
+        block_cls = ViS4merAuthorsBlock if block == "authors" else ViS4merBlock
         self.blocks = nn.ModuleList(
-            ViS4merBlock(widths[i], widths[i + 1],
+            block_cls(widths[i], widths[i + 1],
                          make_mixer(mixer, widths[i], d_state, kernel, bidirectional, dropout,
                                     max(1, min(num_heads, widths[i] // 16)), num_features, num_landmarks, materialize),
                          pool, dropout)
@@ -139,13 +185,15 @@ class ViS4mer(nn.Module):
     """Frozen-token classifier: tokens (B, L, D) -> decoder -> Linear head -> (B, num_classes).
 
     ``grid=(T, H', W')`` of the tokens (frame-major) is needed only for ``pool='max_st'``.
+    ``block='authors'`` (default) with ``pool=None`` is the authors' released model (a state dict
+    of theirs loads through :func:`models.convert.load_authors_vis4mer`).
     ``forward_features`` gives the pooled (B, D_out) embedding (used by LSMCL). The keyword
     arguments are :class:`ViS4merDecoder`'s; ``mixer`` other than 's4' gives the attention
     baselines (LST, Performer, Orthoformer).
     """
 
     def __init__(self, num_classes: int, d_model: int = 1024, depth: int = 3, d_state: int = 64,
-                 kernel: str = "s4", pool: str = "max_st", dropout: float = 0.2, mixer: str = "s4", **decoder_kw):
+                 kernel: str = "s4", pool: str | None = None, dropout: float = 0.2, mixer: str = "s4", **decoder_kw):
         super().__init__()
         self.decoder = ViS4merDecoder(d_model, depth, d_state, kernel, pool, dropout, mixer, **decoder_kw)
         self.head = nn.Linear(self.decoder.out_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -18,6 +18,9 @@ def _randomize(kernel: torch.nn.Module, seed: int) -> None:
         if isinstance(kernel, S4DKernel):
             kernel.B.copy_(torch.randn(kernel.B.shape, generator=g))
             kernel.log_A_real.add_(0.3 * torch.randn(kernel.log_A_real.shape, generator=g))
+        else:  # per-channel B, P, Q moved apart from their shared initialisation (as training does)
+            for t in (kernel.B, kernel.P, kernel.Q):
+                t.mul_(1 + 0.2 * torch.randn(t.shape, generator=g))
 
 
 def s4d_recurrence(kernel: S4DKernel, u: torch.Tensor) -> torch.Tensor:
@@ -35,18 +38,18 @@ def s4d_recurrence(kernel: S4DKernel, u: torch.Tensor) -> torch.Tensor:
 
 
 def s4_recurrence(kernel: S4Kernel, u: torch.Tensor) -> torch.Tensor:
-    """Dense complex N x N bilinear recurrence of A = Lambda - P P^* (with the conjugate modes),
-    C = C~ (I - dA^L)^{-1}; float64. u: (B, H, L)."""
-    Lam, P, B, Ct, dt = (t.detach().to(torch.complex128) for t in kernel.ssm())
+    """Dense complex N x N bilinear recurrence of A_h = Lambda - P_h Q_h^* per channel (with the
+    conjugate modes), C = C~ (I - dA^L)^{-1}; float64. u: (B, H, L)."""
+    Lam, P, Q, B, Ct, dt = (t.detach().to(torch.complex128) for t in kernel.ssm())
     dt = dt.real
     L = u.shape[-1]
     lam = torch.cat([Lam, Lam.conj()])  # (N,)
-    p = torch.cat([P, P.conj()])[:, None]  # (N, 1)
-    b = torch.cat([B, B.conj()])  # (N,)
-    A = torch.diag(lam) - p @ p.conj().T  # (N, N)
     I = torch.eye(len(lam), dtype=torch.complex128)
     ys = []
     for h in range(Ct.shape[0]):
+        p, q = torch.cat([P[h], P[h].conj()])[:, None], torch.cat([Q[h], Q[h].conj()])[:, None]  # (N, 1)
+        b = torch.cat([B[h], B[h].conj()])  # (N,)
+        A = torch.diag(lam) - p @ q.conj().T  # (N, N)
         inv = torch.linalg.inv(I - dt[h] / 2 * A)
         dA, dB = inv @ (I + dt[h] / 2 * A), inv @ (dt[h] * b)  # (N, N), (N,)
         c = torch.cat([Ct[h], Ct[h].conj()]) @ torch.linalg.inv(I - torch.linalg.matrix_power(dA, L))  # (N,)
@@ -204,6 +207,31 @@ def test_dt_clamped_and_param_groups():
     assert all(not p.is_complex() for p in layer.parameters()), "complex parameters are stored as real views"
     over = {g["name"]: g for g in ssm_param_groups(layer, lr=5e-4, weight_decay=0.01, ssm_lr=2e-4)}  # train.ssm_lr
     assert over["ssm"]["lr"] == 2e-4 and {id(p) for p in over["ssm"]["params"]} == ssm_ids
+
+
+def test_s4_nplr_parameters_per_channel_and_groups_as_the_authors():
+    """ViS4mer's s4.py (HippoSSKernel defaults): w shared (trainable 1), B and p repeated per
+    channel (trainable 2), C and q per channel; log_dt, w, B, p: lr 1e-3, weight decay 0; C, q: the
+    model's group. Channels start from the same B, P and differ once trained."""
+    H, N = 6, 16
+    layer = S4(d_model=H, d_state=N, kernel="s4")
+    k = layer.kernel
+    assert k.Lambda.shape == (N // 2, 2) and k.log_dt.shape == (H,)
+    for name in ("B", "P", "Q", "C"):
+        assert getattr(k, name).shape == (H, N // 2, 2), name
+    torch.testing.assert_close(k.P, k.Q)  # the authors' q = p at init
+    assert all(torch.equal(k.B[0], k.B[h]) for h in range(H))
+    groups = {g["name"]: g for g in ssm_param_groups(layer, lr=5e-4, weight_decay=0.01)}
+    assert {id(p) for p in groups["ssm"]["params"]} == {id(k.log_dt), id(k.Lambda), id(k.B), id(k.P)}
+    assert (groups["ssm"]["lr"], groups["ssm"]["weight_decay"]) == (1e-3, 0.0)
+    assert {id(k.C), id(k.Q)} <= {id(p) for p in groups["decay"]["params"]}
+    # one channel's B changed: only that channel's kernel changes
+    K0 = k(64).detach()
+    with torch.no_grad():
+        k.B[2].mul_(1.5)
+    K1 = k(64).detach()
+    changed = (K1 - K0).abs().amax(-1) > 1e-6
+    assert changed.tolist() == [h == 2 for h in range(H)]
 
 
 def test_channel_dropout_drops_whole_channels():

@@ -94,7 +94,10 @@ class ModelConfig:
     depth: int | None = 3
     state_size: int | None = 64  # N, SSM state size
     kernel: Literal["s4d", "s4"] | None = None  # S4 convolution kernel; null = the model's (s4: NPLR, as the paper)
-    pool: Literal["avg1d", "max_st", "none"] | None = None  # null = the model's (ViS4mer/LST: max_st; S5: avg1d)
+    # ViS4mer block (ViS4mer/S5/LST/Performer/Orthoformer): "authors" = the public code that produced the papers'
+    # tables (residual S4, AvgPool1d, Linear + GELU); "paper" = eq. 4 as written (MLP(Pool(S4)) + Linear(Pool(x)))
+    block: Literal["authors", "paper"] = "authors"
+    pool: Literal["avg1d", "max_st", "none"] | None = None  # null = the block's (authors: avg1d; paper: max_st; S5: avg1d)
     channel_scaling: bool = True  # halve the width in each decoder block (ViS4mer Table 5 ablates both switches)
     dropout: float | None = 0.2
     num_features: int | None = None  # Performer: random features m per head; null = the flavour's (256)
@@ -108,6 +111,9 @@ class ModelConfig:
     mask_generator: Literal[
         "linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random"
     ] = "linear_s4"
+    # S5: "gather" runs the decoder on the k kept tokens (the speed-up); "mask" multiplies every token by its
+    # mask and runs all L (the poster's x_hat = x (x) Mask: a per-token gradient for dropped tokens, no speed-up)
+    selection: Literal["gather", "mask"] = "gather"
     gumbel_temperature: float = 1.0
     momentum: float = 0.996  # EMA m for the momentum S4 / key encoder
     mask_ratio: float = 0.5  # LSMCL eta

@@ -84,7 +84,7 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     from models.encoders import ENCODERS
     if m.encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {m.encoder!r} not allowed; allowed values: {', '.join(ENCODERS)}")
-    if ENCODERS[m.encoder].needs_weights and not m.encoder_weights:
+    if ENCODERS[m.encoder].needs_weights and not m.encoder_weights and d.backend != "features":  # cached: no encoder
         raise ConfigError(f"model.encoder_weights: {m.encoder} needs a local checkpoint directory (nothing is "
                           "downloaded at run time); or use model.encoder=efficientnet_lite0")
     _check_model(cfg)
@@ -267,13 +267,14 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError("model.pool: 'max_st' is not allowed for S5 (its selected tokens are no longer on a grid); "
                           "allowed values: avg1d, none, null (= avg1d)")
     from models.factory import CONFIG_ARGS
-    pool = (m.pool or {"s5": "avg1d"}.get(family, "max_st")) if "pool" in CONFIG_ARGS[family] else None
+    from models.vis4mer import BLOCK_POOL
+    pool = (m.pool or {"s5": "avg1d"}.get(family, BLOCK_POOL[m.block])) if "pool" in CONFIG_ARGS[family] else None
     if pool == "max_st" and m.frame_tokens == "cls+patch":
-        raise ConfigError(f"model.pool: max_st (the default of {m.name}) needs tokens on a grid; model.frame_tokens="
-                          "cls+patch has none. Use frame_tokens=patch or cls, or model.pool=avg1d")
+        raise ConfigError(f"model.pool: max_st (set, or the default of model.block={m.block}) needs tokens on a grid; "
+                          "model.frame_tokens=cls+patch has none. Use frame_tokens=patch or cls, or model.pool=avg1d")
     if pool == "max_st" and cfg.run.mode == "pretrain":
-        raise ConfigError(f"model.pool: max_st (the default of {m.name}) cannot pretrain: LSMCL's random token masks "
-                          "remove the grid. Use model.pool=avg1d (or an S5 model)")
+        raise ConfigError(f"model.pool: max_st (set, or the default of model.block={m.block}) cannot pretrain: LSMCL's "
+                          "random token masks remove the grid. Use model.pool=avg1d (or an S5 model)")
 
 
 def _check_features(cfg: Config) -> None:
