@@ -8,7 +8,8 @@ finetune: test top-1 (the model selected on val), chance level (1 / classes) and
 chance. Where the runs allow, it checks the papers' two claims at this scale (reference.md):
 
 * ``lsmcl_pretraining``: the same model finetuned from the LSMCL checkpoint vs from scratch;
-* ``token_selection``: S5 vs plain ViS4mer, both from scratch (same data, steps, width).
+* ``token_selection``: S5 vs plain ViS4mer, both from scratch (same data, steps, width, block and
+  pooling: a comparison at different pooling would mix pooling with selection, so none is made).
 
 Writes ``<out>/summary.json``, ``<out>/curves.png`` (all stages' losses and val top-1) and each
 finetune's confusion matrix as ``<out>/confusion_<stage>.png``.
@@ -37,7 +38,10 @@ def read_run(run_dir: str | Path) -> dict:
     d = Path(run_dir)
     res = json.loads((d / "results.json").read_text())
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    rec = {"run_dir": str(d), "mode": res["mode"], "model": cfg["model"]["name"],
+    m = cfg["model"]
+    block = m.get("block", "paper")  # runs from before model.block ran the paper's block
+    pool = m.get("pool") or ("avg1d" if m["name"].startswith("s5") else {"authors": "avg1d"}.get(block, "max_st"))
+    rec = {"run_dir": str(d), "mode": res["mode"], "model": cfg["model"]["name"], "block": block, "pool": pool,
            "keep_ratio": cfg["model"]["keep_ratio"] if cfg["model"]["name"].startswith("s5") else 1.0,
            "init_from": cfg["run"].get("init_from"), "steps": res["steps"], "train": res.get("train", {})}
     if res["mode"] in ("finetune", "eval") and res.get("test"):
@@ -69,7 +73,12 @@ def summarize(stages: dict[str, str | Path]) -> dict:
                 claims["lsmcl_pretraining"] = _compare(r, o, "LSMCL pretraining improves the finetuned model")
             if (r["model"].startswith("s5") and o["model"].startswith("vis4mer") and not r["init_from"]
                     and not o["init_from"] and r["steps"] == o["steps"]):
-                claims["token_selection"] = _compare(r, o, "S5 token selection beats plain ViS4mer")
+                if (r["block"], r["pool"]) == (o["block"], o["pool"]):
+                    claims["token_selection"] = _compare(r, o, "S5 token selection beats plain ViS4mer")
+                else:
+                    claims["token_selection"] = {
+                        "claim": "S5 token selection beats plain ViS4mer", "with": r["name"], "without": o["name"],
+                        "not_compared": f"block/pooling differ: {r['block']}/{r['pool']} vs {o['block']}/{o['pool']}"}
     return {"stages": runs, "claims": claims}
 
 
@@ -98,6 +107,9 @@ def table(summary: dict) -> str:
                          f"{t['bleu4']:.3f}, ROUGE-1 F {t['rouge1_f']:.3f}, ROUGE-2 F {t['rouge2_f']:.3f} "
                          f"({t.get('videos')} test videos)")
     for c in summary["claims"].values():
+        if "not_compared" in c:
+            lines.append(f"{c['claim']}: not compared ({c['not_compared']})")
+            continue
         lines.append(f"{c['claim']}: {c['with']} {c['test_top1_with']:.3f} vs {c['without']} "
                      f"{c['test_top1_without']:.3f} -> {'holds' if c['holds_here'] else 'does NOT hold'} here "
                      f"({c['test_videos']} test videos)")

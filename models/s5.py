@@ -6,9 +6,16 @@ model); ``MG(x_S4) = p(c | x_S4)``, a softmax over the tokens; top-k by Gumbel-s
 straight-through estimator; ``x_hat = x (x) Mask``; ``x_out = MLP(S4(x_hat))``.
 
 Here the momentum copy is of the decoder's first block input path (LayerNorm + S4 mixer), so the
-mask generator sees S4 features of every token at full resolution. The kept tokens are gathered
-in temporal order, so the decoder runs on k = round(keep_ratio * L) tokens: that is where the
-speed and memory savings come from.
+mask generator sees S4 features of every token at full resolution. Two ways to apply the mask
+(``selection``):
+
+* ``"gather"`` (default) - the kept tokens are gathered in temporal order and the decoder runs on
+  k = round(keep_ratio * L) tokens: that is where the speed and memory savings come from (the
+  decoder's cost scales with k / L). The straight-through gradient reaches a dropped token's score
+  only through the softmax's normaliser: every dropped token gets the same signal times its weight.
+* ``"mask"`` - as the poster writes it, ``x_hat = x (x) Mask`` over the whole sequence and the
+  decoder runs on all L tokens (dropped ones are zero vectors): no saving in time or memory, but a
+  dropped token i gets its own gradient ``<dL/dx_hat_i, x_i>``.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from models.vis4mer import ViS4mer
 
 MASK_GENERATORS = ("linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random")
+SELECTIONS = ("gather", "mask")
 
 
 def gumbel_topk(logits: torch.Tensor, k: int, tau: float = 1.0, noise: bool = True):
@@ -83,27 +91,31 @@ class S5(nn.Module):
     """Selective S4 classifier: tokens (B, L, D) -> (B, num_classes) (or (B, D_out) features).
 
     Args: num_classes; the ViS4mer decoder arguments (d_model, depth, d_state, kernel, dropout,
-    channel_scaling; pool ``avg1d`` or ``none`` only: the selected tokens no longer form a grid, so
+    channel_scaling, block ``authors`` | ``paper``; pool ``avg1d`` or ``none`` only: the selected tokens no longer form a grid, so
     they are pooled in temporal order); keep_ratio (fraction of
     tokens kept, k = max(1, round(keep_ratio * L))); mask_generator (one of ``MASK_GENERATORS``);
-    gumbel_temperature (tau); momentum (m of the EMA S4).
+    gumbel_temperature (tau); momentum (m of the EMA S4); selection (``gather`` | ``mask``, see the
+    module docstring).
     Call :meth:`update_momentum` after each optimizer step.
     """
 
     def __init__(self, num_classes: int, d_model: int = 1024, depth: int = 3, d_state: int = 64,
                  kernel: str = "s4", dropout: float = 0.2, keep_ratio: float = 0.5,
                  mask_generator: str = "linear_s4", gumbel_temperature: float = 1.0, momentum: float = 0.996,
-                 bidirectional: bool = False, pool: str = "avg1d", channel_scaling: bool = True):
+                 bidirectional: bool = False, pool: str = "avg1d", channel_scaling: bool = True,
+                 block: str = "authors", selection: str = "gather"):
         super().__init__()
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection: {selection!r} not allowed; allowed values: {', '.join(SELECTIONS)}")
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         if pool not in ("avg1d", "none"):
             raise ValueError(f"pool: {pool!r} not allowed for S5; allowed values: 'avg1d', 'none' (the selected "
                              "tokens are no longer on a grid)")
-        self.keep_ratio, self.tau, self.m = keep_ratio, gumbel_temperature, momentum
+        self.keep_ratio, self.tau, self.m, self.selection = keep_ratio, gumbel_temperature, momentum, selection
         self.use_s4_features = mask_generator.endswith("_s4")
         self.backbone = ViS4mer(num_classes, d_model, depth, d_state, kernel, pool, dropout, "s4",
-                                bidirectional=bidirectional, channel_scaling=channel_scaling)
+                                bidirectional=bidirectional, channel_scaling=channel_scaling, block=block)
         self.mask_generator = MaskGenerator(mask_generator, d_model)
         first = self.backbone.decoder.blocks[0]
         self.s4_hat = copy.deepcopy(nn.Sequential(first.norm, first.mixer)) if self.use_s4_features else None
@@ -142,7 +154,8 @@ class S5(nn.Module):
         return self.mask_generator(x)  # (B, L)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
-        """Keep the top-k tokens: (B, L, D) -> (B, k, D) = gather(x (x) mask), in temporal order."""
+        """Keep the top-k tokens: (B, L, D) -> (B, k, D) = gather(x (x) mask), in temporal order
+        (``selection="gather"``), or (B, L, D) = x (x) mask (``"mask"``)."""
         L = x.shape[1]
         k = max(1, round(self.keep_ratio * L))
         if self.mask_generator.kind != "random" and torch.is_grad_enabled():
@@ -153,6 +166,8 @@ class S5(nn.Module):
             logits = self.scores(x)  # (B, L)
         mask, idx = gumbel_topk(logits, k, self.tau, noise=self.training)  # (B, L), (B, k)
         self.last_keep_idx = idx
+        if self.selection == "mask":
+            return x * mask.to(x.dtype)[..., None]  # (B, L, D), dropped tokens zero
         if torch.is_grad_enabled():  # the product's backward regathers x instead of keeping (B, k, D)
             return checkpoint(_gather_masked, x, mask, idx, use_reentrant=False)
         return _gather_masked(x, mask, idx)  # (B, k, D)

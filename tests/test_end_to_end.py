@@ -60,10 +60,11 @@ def test_bring_your_own_csv_finetune_and_evaluate(demo_footage, tmp_path):
 
 def test_summary_checks_both_claims(tmp_path):
     """Claims are read off the runs' own results: LSMCL (init_from) vs scratch for one model, S5 vs ViS4mer."""
-    def write_run(name, model, init_from, top1):
+    def write_run(name, model, init_from, top1, pool=None):
         d = tmp_path / name
         d.mkdir()
-        (d / "config.yaml").write_text(json.dumps({"model": {"name": model, "keep_ratio": 0.5},
+        (d / "config.yaml").write_text(json.dumps({"model": {"name": model, "keep_ratio": 0.5, "block": "authors",
+                                                             "pool": pool},
                                                    "run": {"init_from": init_from}}))
         (d / "results.json").write_text(json.dumps({"mode": "finetune", "steps": 100, "classes": list("abcdef"),
                                                     "test": {"top1": top1, "videos": 21}, "val": {"top1": top1},
@@ -81,3 +82,8 @@ def test_summary_checks_both_claims(tmp_path):
     assert abs(s["stages"]["demo"]["top1_x_chance"] - 4.5) < 1e-9
     text = summary.table(s)
     assert "does NOT hold" in text and "LSMCL" in text and "4.5x" in text
+    # ViS4mer at another pooling than S5's: no token-selection claim (it would mix pooling with selection)
+    runs["demo_vis4mer"] = write_run("demo_vis4mer_max", "vis4mer", None, 0.6, pool="max_st")
+    sel = summary.summarize(runs)["claims"]["token_selection"]
+    assert "holds_here" not in sel and sel["not_compared"] == "block/pooling differ: authors/avg1d vs authors/max_st"
+    assert "not compared (block/pooling differ" in summary.table(summary.summarize(runs))
