@@ -181,6 +181,7 @@ def test_a_segments_finetune_runs_on_video_and_on_the_cache(demo_shards, tmp_pat
          "data.num_workers=0")
     res = json.loads((run / "results.json").read_text())
     assert res["test"]["videos"] == 21 and res["steps"] == 2
+    _predict_matches_the_segments_evaluation(run, demo_shards, tmp_path)
     feats = tmp_path / "features"
     _run("tools/extract_features.py", *base, "--out", str(feats))
     run2 = tmp_path / "run_features"
@@ -196,3 +197,41 @@ def test_a_segments_finetune_runs_on_video_and_on_the_cache(demo_shards, tmp_pat
         load_config(REPO / "configs/demo_finetune.yaml", [*DATA, "data.eval_clip=windows"])
     with pytest.raises(ConfigError, match="data.sampling: 'segments' applies to finetune"):
         load_config(REPO / "configs/demo_pretrain.yaml", DATA)
+
+
+def _predict_matches_the_segments_evaluation(run: Path, shards: Path, tmp_path: Path) -> None:
+    """predict.py on a video file of a segments model scores it as evaluation does: one clip of
+    data.frames segments over the whole video (reference: the exported model over the loader's
+    evaluation clip of the same shard sample)."""
+    from types import SimpleNamespace
+
+    from data.cpu import iter_shard
+    from data.loader import VideoLoader
+    from data.sources import resolve_shards
+    from models.exported import load_exported
+    from trainer.evaluate import eval_clip_spec
+    model_path = tmp_path / "segments.safetensors"
+    _run("tools/export.py", str(run), "--out", str(model_path))
+    model = load_exported(model_path)
+    samples = [s for url in resolve_shards(str(shards), "test").urls for s in iter_shard(url)][:2]
+    files = []
+    for s in samples:
+        f = tmp_path / f"{s['__key__']}.mp4"
+        f.write_bytes(s["mp4"])
+        files.append(f)
+    r = _run("tools/predict.py", "--model", str(model_path), *map(str, files), "--json")
+    rows = {Path(x["video"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    d = SimpleNamespace(**model.config["data"])
+    loader = VideoLoader(str(shards), "test", eval_clip_spec(d), batch_size=4, image_size=d.image_size,
+                         mean=model.encoder.mean, std=model.encoder.std, num_workers=0, finite=True)
+    ref = {}
+    with torch.no_grad():
+        for batch in loader:
+            for vid, p in zip(batch["video_id"], model(batch["video"]).softmax(-1)):
+                ref[vid] = p
+    loader.close()
+    for s, f in zip(samples, files):
+        row = rows[f.name]
+        assert len(row["windows"]) == 1 and row["windows"][0]["segments"] == d.frames, row["windows"]
+        vid = json.loads(s["json"]).get("key", s["__key__"])
+        torch.testing.assert_close(torch.tensor(row["scores"]), ref[vid], rtol=1e-4, atol=1e-4)

@@ -4,7 +4,11 @@
     python tools/predict.py --model model.safetensors VIDEO [VIDEO ...] [--stride 1.0] [--json]
         [--captioner caption.safetensors]
 
-Each video is cut into windows of the training clip length (``data.clip_seconds``, ``data.frames``
+A model trained with ``data.sampling: segments`` (the ViS4mer authors' Breakfast / COIN protocol)
+sees each video once, as its evaluation did: ``data.frames`` segments of ``data.segment_seconds``
+uniformly spaced over the whole video (:func:`data.clips.segment_indices`); the video is decoded
+twice (once to count its frames, once to keep only those T), so memory stays bounded. Any other
+model: each video is cut into windows of the training clip length (``data.clip_seconds``, ``data.frames``
 frames) every ``--stride`` seconds (default: the clip length, no overlap; a shorter stride
 overlaps, as seed 004's sliding windows do), preprocessed as in evaluation (short side resized,
 centre crop, the encoder's normalisation), and the window scores are averaged: softmax for
@@ -32,7 +36,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.clips import spatial_transform  # noqa: E402
+from data.clips import num_segments, segment_frames, segment_indices, spatial_transform  # noqa: E402
 from models.exported import ExportedModel, load_exported  # noqa: E402
 
 
@@ -76,6 +80,48 @@ def decoded_frames(source: str | bytes, counts: dict) -> Iterator[av.VideoFrame]
 
 
 @torch.no_grad()
+def predict_segments(model: ExportedModel, source: str | bytes) -> dict:
+    """Scores of one video for a model trained on ``data.sampling: segments``: one clip of
+    ``data.frames`` segment centre frames uniformly spaced over the whole decoded video, as its
+    evaluation cut it. Returns :func:`predict_video`'s dict with one window [0, duration].
+
+    Raises:
+        ValueError: as :func:`predict_video`.
+    """
+    d = model.config["data"]
+    counts: dict = {}
+    try:
+        n = sum(1 for _ in decoded_frames(source, counts))  # pass 1: the decoded frame count
+    except av.error.FFmpegError as e:
+        raise ValueError(f"decoding failed: {e}") from None
+    if n == 0:
+        raise ValueError("no frame decoded")
+    if n == 1:
+        raise ValueError("a single frame: an image, not a video")
+    fps, T, seg_s = counts["fps"], int(d["frames"]), float(d["segment_seconds"])
+    idx = segment_frames(segment_indices(num_segments(n / fps, seg_s), T, train=False), seg_s, fps, n)  # (T,)
+    kept: dict[int, torch.Tensor] = {}
+    for i, frame in enumerate(decoded_frames(source, {})):  # pass 2: only the T frames the clip uses
+        if i in idx and i not in kept:
+            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))[None]  # (1, H, W, 3) uint8
+            kept[i] = spatial_transform(rgb, d["image_size"], model.encoder.mean, model.encoder.std, train=False,
+                                        rng=None)[0]
+        if i >= idx.max():
+            break
+    clip = torch.stack([kept[int(i)] for i in idx])[None].to(next(model.decoder.parameters()).device)  # (1, T, 3, S, S)
+    out: dict = {"duration_s": n / fps}
+    if counts.get("bad_packets"):
+        out["warnings"] = [f"{counts['bad_packets']} packet(s) did not decode and were skipped ({n} frames decoded)"]
+    window = {"start_s": 0.0, "end_s": round(n / fps, 3), "segments": T}
+    if model.task == "captioning":
+        cap = model.caption(clip)[0]
+        return {**out, "caption": cap, "windows": [{**window, "caption": cap}]}
+    o = model(clip).float().cpu()  # (1, C)
+    probs = {"classification": lambda o: o.softmax(-1), "multilabel": torch.sigmoid}.get(model.task, lambda o: o)(o)[0]
+    return {**out, "windows": [{**window, "scores": probs.tolist()}], "scores": probs.tolist()}
+
+
+@torch.no_grad()
 def predict_video(model: ExportedModel, source: str | bytes, stride: float | None = None, batch_size: int = 8) -> dict:
     """Scores of one video (a path or its bytes): ``{"duration_s", "windows": [{"start_s", "end_s",
     "scores"}], "scores": (C,) list}``; scores are probabilities (classification: softmax,
@@ -86,12 +132,15 @@ def predict_video(model: ExportedModel, source: str | bytes, stride: float | Non
     (resized and cropped); each window is scored once its frames are in, in batches of
     ``batch_size``. Memory is bounded by one window span and one batch, whatever the video's length
     or resolution. The windows are :func:`data.clips.plan_clips`' (``windows`` mode) for the decoded
-    frame count, the same as evaluation's.
+    frame count, the same as evaluation's. A segments model (``data.sampling: segments``) without
+    ``stride`` is scored by :func:`predict_segments`; with ``stride`` it slides windows as above.
 
     Raises:
         ValueError: not a readable video, an image, or no frame decodes.
     """
     d = model.config["data"]
+    if d.get("sampling") == "segments" and not stride:
+        return predict_segments(model, source)
     T, S = int(d["frames"]), float(d["clip_seconds"])
     stride = stride or S
     counts: dict = {}
@@ -225,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"video": path, **out}), flush=True)
             continue
         w = out["windows"]
-        print(f"{path}  ({out['duration_s']:.1f} s, {len(w)} window{'s' * (len(w) != 1)} of "
-              f"{model.config['data']['clip_seconds']:g} s)")
+        if "segments" in w[0]:
+            print(f"{path}  ({out['duration_s']:.1f} s, {w[0]['segments']} segments over the whole video)")
+        else:
+            print(f"{path}  ({out['duration_s']:.1f} s, {len(w)} window{'s' * (len(w) != 1)} of "
+                  f"{model.config['data']['clip_seconds']:g} s)")
         for i, r in enumerate(out.get("answer", []), 1):
             print(f"  {i}. {r['class']:<24s} {r['prob']:.3f}" if "class" in r else f"  value {r['value']:.4f}")
         if "caption" in out:
