@@ -131,17 +131,22 @@ def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: in
     videos in a seeded permutation, dealt round-robin to ranks in equal shares, and for each video
     the records of its ``count`` segments drawn by :func:`data.clips.segment_indices` (a training
     draw: a random sorted sample from ``sample_rng(seed, epoch, video)``, as the video path draws
-    it), so every ``count`` consecutive records are one training example."""
+    it), so every ``count`` consecutive records are one training example. ``overrides`` (epoch ->
+    this rank's *video* indices) is set by FeatureLoader.load_elastic_state."""
     from data.clips import sample_rng, segment_indices
 
     def sample_order(epoch: int, indices: np.ndarray) -> np.ndarray:
-        videos = epoch_order(np.arange(len(records_of)), seed, epoch, shuffle)[rank::world]
-        videos = videos[:len(records_of) // world]
+        if epoch in factory.overrides:  # an elastic resume's share of the interrupted epoch
+            videos = factory.overrides[epoch]
+        else:
+            videos = epoch_order(np.arange(len(records_of)), seed, epoch, shuffle)[rank::world]
+            videos = videos[:len(records_of) // world]
         return np.concatenate([records_of[v][segment_indices(len(records_of[v]), count, True,
                                                               sample_rng(seed, epoch, video_ids[v]))]
                                for v in videos]) if len(videos) else np.zeros(0, dtype=np.int64)
 
-    return _order(sample_order)
+    factory = _order(sample_order)
+    return factory
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -241,12 +246,10 @@ class FeatureLoader:
         """Resume from the states of *every* rank of a run with another world size: the records of the
         interrupted epoch that no old rank had consumed are dealt round-robin to this run's ranks in
         equal shares of whole batches (the few left over are dropped, as ``drop_last`` drops an
-        epoch's tail on every rank); later epochs follow this run's world size. Raises ValueError
-        for another backend, a missing rank's state, or a cache of single segments (not supported:
-        resume it on the world size that saved it)."""
-        if self.segments:
-            raise ValueError("data.features: a cache of single segments (data.sampling=segments) resumes only on "
-                             "the world size that saved it; relaunch with that many ranks")
+        epoch's tail on every rank); later epochs follow this run's world size. A cache of single
+        segments is dealt the same way by video (an example = one video's drawn segments; the draws
+        depend on (seed, epoch, video) only, so a resumed video gets the segments it would have).
+        Raises ValueError for another backend or a missing rank's state."""
         if any(s.get("backend") != "features" for s in states):
             raise ValueError("data loader state was saved by another decode backend; resume with the same data.backend")
         old_world, epoch = states[0]["world"], states[0]["epoch"]

@@ -162,6 +162,27 @@ def test_feature_cache_draws_the_segments_the_video_path_would(demo_shards, tmp_
                       for v in seen})
     assert any(drawn[0][v] != drawn[1][v] for v in drawn[0] if v in drawn[1])  # a fresh draw each epoch
 
+    # elastic: 2 ranks read 1 batch each, then 1 rank (and 2 -> 3) reads the rest of the epoch: no video
+    # twice, each with the segments its (seed, epoch, video) draw gives, none left but the dropped tail
+    for old, new in ((2, 1), (1, 3)):
+        before = [FeatureLoader(str(every / "train.beton"), 2, seed=3, rank=r, world=old) for r in range(old)]
+        seen = [v for x in before for v in next(iter(x))["video_id"]]
+        states = [x.state_dict() for x in before]
+        rest = []
+        for r in range(new):
+            x = FeatureLoader(str(every / "train.beton"), 2, seed=3, rank=r, world=new)
+            x.load_elastic_state(states)
+            share = []
+            for b in x:
+                for vid, tok in zip(b["video_id"], b["tokens"]):
+                    rows = per_video[vid][segment_indices(len(per_video[vid]), T, True, sample_rng(3, 0, vid))]
+                    torch.testing.assert_close(tok, torch.from_numpy(tokens[rows].reshape(T * 4, -1)), rtol=0, atol=0)
+                    share.append(vid)
+            rest.append(share)
+        assert len({len(r) for r in rest}) == 1  # equal shares
+        read = seen + [v for r in rest for v in r]
+        assert len(read) == len(set(read)) and len(names) - 2 * new < len(read) <= len(names), (old, new, len(read))
+
     v_tokens, v_video, _ = _records(every / "val" / "val.beton")
     v_names = json.loads((every / "val" / "val.beton.videos.json").read_text())
     u_tokens, u_video, u_bounds = _records(uniform / "val.beton")
