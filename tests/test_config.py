@@ -72,3 +72,27 @@ def test_resolved_config_written_and_reloads(tmp_path):
     again = load_config(path)
     assert again == cfg
     assert yaml.safe_load(path.read_text())["train"]["max_steps"] == 3
+
+
+def test_trainer_reads_the_world_size_from_slurm_before_the_elastic_check(monkeypatch):
+    """Under a plain srun (SLURM_PROCID / SLURM_NTASKS, no WORLD_SIZE yet) the elastic check sees
+    Slurm's task count, not 1."""
+    import os
+
+    import trainer.run as run
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    monkeypatch.setattr(os, "environ", {**env, "SLURM_PROCID": "1", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0"})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def check(cfg, world):
+        seen.append(world)
+        raise Stop
+
+    monkeypatch.setattr(run, "preflight", lambda cfg: {})
+    monkeypatch.setattr(run, "elastic_resume", check)
+    with pytest.raises(Stop):
+        run.Trainer(load_config(None, []))._run()
+    assert seen == [3]

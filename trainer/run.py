@@ -25,7 +25,7 @@ from models.ssm import ssm_param_groups
 from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
                                 resolve_resume, save_best, save_checkpoint)
 from trainer.config import Config, ConfigError, save_config, to_dict
-from trainer.distributed import init_distributed
+from trainer.distributed import env_rank_world, init_distributed
 from trainer.evaluate import SELECTION_METRIC
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
 from trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
@@ -101,7 +101,9 @@ class Trainer:
     def _run(self) -> int:
         cfg = self.cfg
         manifest = preflight(cfg)  # a missing split, weights file or class mismatch stops here, before any process group
-        elastic_resume(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # e.g. DALI cannot resume on another world size
+        # the world size where the launcher put it (WORLD_SIZE, or Slurm's SLURM_NTASKS under a plain srun),
+        # before anything depends on it: e.g. DALI cannot resume on another world size
+        elastic_resume(cfg, env_rank_world().world)
         self.classes = list(manifest.get("classes") or [])
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
