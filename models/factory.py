@@ -31,6 +31,9 @@ CONFIG_ARGS: dict[str, dict[str, str]] = {
     "mlp_head": {"mlp_layers": "hidden", "dropout": "dropout", "mlp_layernorm": "layernorm"},
     "gpt2_captioner": {"width": "n_embd", "depth": "n_layer", "gpt2": "gpt2", "caption_beams": "num_beams", "caption_max_tokens": "max_tokens"},
 }
+# model.* keys LSMCL pretraining reads (build_model(pretrain=True)) -> models.lsmcl.LSMCL's arguments
+PRETRAIN_ARGS = {"proj_dim": "proj_dim", "momentum": "momentum", "mask_ratio": "mask_ratio",
+                 "contrastive_temperature": "temperature"}
 INPUT_WIDTH = {"mlp_head", "gpt2_captioner"}  # families that take the encoder's width as d_model (no input projection)
 
 
@@ -82,10 +85,40 @@ class TokenModel(nn.Module):
             self.backbone.update_momentum()
 
 
-def build_model(model_cfg: Any, in_dim: int, num_classes: int) -> TokenModel:
-    """The model of a ``model`` config section on top of a frozen encoder of width ``in_dim``;
-    ``num_classes`` 0 gives the (B, D_out) features (LSMCL pretraining)."""
+def build_model(model_cfg: Any, in_dim: int, num_classes: int, pretrain: bool = False) -> nn.Module:
+    """The model of a ``model`` config section on top of a frozen encoder of width ``in_dim``: a
+    :class:`TokenModel`; ``num_classes`` 0 gives the (B, D_out) features. ``pretrain``: that model
+    inside :class:`models.lsmcl.LSMCL` (``model.proj_dim``, ``momentum``, ``mask_ratio``,
+    ``contrastive_temperature``), whose query encoder is the model (:func:`model_weights`)."""
     args = model_args(model_cfg)
     if family_of(model_cfg.name) in INPUT_WIDTH:
         args["d_model"] = in_dim
-    return TokenModel(model_cfg.name, in_dim, num_classes, **args)
+    model = TokenModel(model_cfg.name, in_dim, num_classes, **args)
+    if not pretrain:
+        return model
+    from models.lsmcl import LSMCL
+    return LSMCL(model, **{arg: getattr(model_cfg, key) for key, arg in PRETRAIN_ARGS.items()})
+
+
+# Checkpoint key mapping, used by the trainer (run.init_from) and tools/export.py.
+LSMCL_QUERY = "encoder_q."  # an LSMCL pretraining's query encoder: the model it pretrains
+MOMENTUM_COPIES = ".s4_hat."  # S5's momentum S4: a copy of the first block's S4, not trained
+
+
+def model_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The :class:`TokenModel` tensors of a checkpoint's state dict: an LSMCL pretraining's query
+    encoder (``encoder_q.*``, prefix removed), else the state dict as it is."""
+    if any(k.startswith(LSMCL_QUERY) for k in state_dict):
+        return {k[len(LSMCL_QUERY):]: v for k, v in state_dict.items() if k.startswith(LSMCL_QUERY)}
+    return dict(state_dict)
+
+
+def load_model_weights(model: TokenModel, state_dict: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """``model.load_state_dict(model_weights(state_dict), strict=False)``; momentum copies the
+    checkpoint lacks (a model pretrained without them) start as a copy of the loaded weights.
+    Returns (missing keys, unexpected keys), the momentum copies not counted as missing."""
+    missing, unexpected = model.load_state_dict(model_weights(state_dict), strict=False)
+    if hasattr(model.backbone, "update_momentum") and any(MOMENTUM_COPIES in k for k in missing):
+        model.backbone.update_momentum(0.0)  # S4_hat = S4
+        missing = [k for k in missing if MOMENTUM_COPIES not in k]
+    return list(missing), list(unexpected)

@@ -44,7 +44,7 @@ def main(root: Path, mode: str) -> None:
         ckpt = complete_checkpoints(run)[-1] if mode == "resume" else None
         tag = "state" if ckpt is None or checkpoint_world(ckpt) == info.world else \
             prepare_elastic(ckpt, info.rank, stage)
-        engine = make_engine(model, cfg, sched, universal=tag == "universal")
+        engine, _ = make_engine(model, cfg, sched, universal=tag == "universal")
         step, state = 0, {"loader": {}}
         if ckpt is not None:
             step, state = load_checkpoint(engine, ckpt, info.rank, info.world, tag)

@@ -1,7 +1,7 @@
 """Every config key does something: each field of the config dataclasses is read by code outside
 trainer/config.py (its validation does not count). Found by walking the syntax trees of the
 packages: ``<...>.section.key``, or ``x.key`` where ``x = <...>.section`` in the same function; the
-``model.*`` keys of ``models.factory.CONFIG_ARGS`` count too (tests/test_factory.py checks that
+``model.*`` keys of ``models.factory.CONFIG_ARGS`` and ``PRETRAIN_ARGS`` count too (tests/test_factory.py checks that
 each reaches a constructor argument)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from models.factory import CONFIG_ARGS
+from models.factory import CONFIG_ARGS, PRETRAIN_ARGS
 from trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,5 +51,6 @@ def test_every_config_key_is_read_by_code():
                 continue
             read |= _reads(ast.parse(path.read_text()), set(sections))
     read |= {("model", k) for mapping in CONFIG_ARGS.values() for k in mapping}
+    read |= {("model", k) for k in PRETRAIN_ARGS}
     unread = sorted(f"{s}.{k}" for s, k in keys - read)
     assert not unread, f"config keys that no code reads (implement or remove them): {unread}"

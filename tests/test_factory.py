@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models import list_models
-from models.factory import CONFIG_ARGS, INPUT_WIDTH, build_model, model_args
+from models.factory import CONFIG_ARGS, INPUT_WIDTH, PRETRAIN_ARGS, build_model, model_args
 from models.registry import family_of
 from trainer.config import ModelConfig, load_config
 
@@ -28,6 +28,8 @@ def test_every_config_argument_is_a_constructor_argument():
         accepted = {p for c in ctor[family] for p in inspect.signature(c).parameters}
         assert set(mapping) <= fields, family
         assert set(mapping.values()) <= accepted, family
+    from models.lsmcl import LSMCL
+    assert set(PRETRAIN_ARGS) <= fields and set(PRETRAIN_ARGS.values()) <= set(inspect.signature(LSMCL).parameters)
 
 
 @pytest.mark.parametrize("width", [16, 32])

@@ -12,10 +12,11 @@ import json
 import math
 from pathlib import Path
 
+import torch
 import webdataset as wds
 
 from tests.helpers import finish, launch, repack, train_losses
-from trainer.checkpoint import complete_checkpoints, resolve_resume
+from trainer.checkpoint import complete_checkpoints, consolidated_weights, resolve_resume
 
 FAST = ["train.eval_every_steps=1000", "checkpoint.every_steps=1000"]
 
@@ -81,11 +82,26 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(demo_shards, tmp_p
 
 
 def test_nan_loss_on_one_rank_skips_the_step_everywhere(demo_shards, tmp_path):
-    run = tmp_path / "run"
-    code, out = train(run, demo_shards, "train.max_steps=6", fault="nan@3:1")
+    """Gradient accumulation 2 under ZeRO-2 (gradients reduced at every backward), NaN in the second
+    micro-batch of step 3 on rank 1: the step is discarded whole on both ranks. Reference: a run that
+    never saw that step's data (its micro-batches dropped before step 3) - same weights, same losses."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    common = ("train.max_steps=6", "train.global_batch_size=16", "train.zero_stage=2", "checkpoint.every_steps=1000")
+    code, out = train(run, demo_shards, *common, fault="nan@3:1:1")
     assert code == 0, out[-4000:]
     assert "step 3: non-finite loss, step skipped (1 in a row)" in out
+    assert "= 4 clips x 2 ranks x 2 accumulation" in out
     steps = train_losses(run)
     assert sorted(steps) == list(range(1, 7)) and all(math.isfinite(v) for v in steps.values())
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 6 and math.isfinite(results["test"]["loss"])
+    code, out = train(ref, demo_shards, *common, fault="drop@3:2")
+    assert code == 0, out[-4000:]
+    assert "non-finite" not in out
+    expected = train_losses(ref)
+    for step in range(1, 7):
+        assert abs(steps[step] - expected[step]) <= 1e-5, (step, steps[step], expected[step])
+    got, want = (consolidated_weights(r / "checkpoints" / "step00000006", "state") for r in (run, ref))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7), k

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import yaml  # noqa: E402
 
+from models.factory import model_weights  # noqa: E402
 from models.exported import save_exported  # noqa: E402
 from trainer.checkpoint import complete_checkpoints, consolidated_weights  # noqa: E402
 
@@ -74,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         root, tag, info = select(run, which)
     except FileNotFoundError as e:
         ap.exit(2, f"export.py: error: {e}\n")
-    weights = consolidated_weights(root, tag)
-    if any(k.startswith("encoder_q.") for k in weights):  # LSMCL: the query encoder is the model
-        weights = {k[len("encoder_q."):]: v for k, v in weights.items() if k.startswith("encoder_q.")}
+    weights = model_weights(consolidated_weights(root, tag))  # an LSMCL pretraining: its query encoder
     classes = class_names(run, config)
     save_exported(a.out, weights, config, classes, source=str(root / tag), **info)
     n = sum(v.numel() for v in weights.values())

@@ -117,6 +117,7 @@ class ModelConfig:
     gumbel_temperature: float = 1.0
     momentum: float = 0.996  # EMA m for the momentum S4 / key encoder
     mask_ratio: float = 0.5  # LSMCL eta
+    proj_dim: int = 128  # LSMCL projection head's output width (MoCo v3's 128 in the poster's setup)
     contrastive_temperature: float = 0.07  # LSMCL rho
 
 
@@ -138,7 +139,8 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     eval_every_steps: int = 500  # 0 = once per epoch
     max_nonfinite_steps: int = 10  # stop after this many NaN/inf losses in a row
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # classification: cross-entropy label smoothing
+    pos_weight: float = 2.0  # multilabel: BCE-with-logits weight of the positives (Charades, seed 004: 2)
 
 
 @dataclass

@@ -18,15 +18,15 @@ from torch import nn
 from data import build_loader
 from data.clips import ClipSpec
 from models.encoders import create_encoder
-from models.factory import build_model, head_classes
+from models.factory import build_model, head_classes, load_model_weights, model_weights
 from models.heads import task_loss
-from models.lsmcl import LSMCL
 from models.ssm import ssm_param_groups
 from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
-                                resolve_resume, save_best, save_checkpoint)
+                                resolve_resume, rng_state, save_best, save_checkpoint, set_rng_state)
 from trainer.config import Config, ConfigError, save_config, to_dict
 from trainer.distributed import env_rank_world, init_distributed
 from trainer.evaluate import SELECTION_METRIC
+from trainer.optim import GatedAdamW, GatedLambdaLR, TrainState, skip_update, zeros_like_batch
 from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
 from trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
 from trainer.schedule import resolve_schedule, warmup_cosine
@@ -63,18 +63,20 @@ def make_engine(model: nn.Module, cfg: Config, sched, universal: bool = False):
     """The DeepSpeed engine of ``model``: AdamW over the SSM-aware parameter groups, warmup + cosine
     learning rate, ``train.zero_stage``, bf16 when asked, micro-batch ``data.batch_size`` and the
     schedule's (``sched``: :class:`trainer.schedule.Schedule`) gradient accumulation. ``universal``:
-    it will load a DeepSpeed universal checkpoint (an elastic resume under ZeRO 1-3)."""
+    it will load a DeepSpeed universal checkpoint (an elastic resume under ZeRO 1-3).
+
+    Returns (engine, the :class:`trainer.optim.GatedAdamW` it steps: the trainer discards a step with it)."""
     import deepspeed
     t = cfg.train
-    optimizer = torch.optim.AdamW(ssm_param_groups(model, t.lr, t.weight_decay, t.ssm_lr), lr=t.lr, betas=(0.9, 0.999),
-                                  eps=t.adam_eps)
-    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, sched.max_steps))
+    optimizer = GatedAdamW(ssm_param_groups(model, t.lr, t.weight_decay, t.ssm_lr), lr=t.lr, betas=(0.9, 0.999),
+                           eps=t.adam_eps)
+    lr = GatedLambdaLR(optimizer, warmup_cosine(t.warmup_steps, sched.max_steps))
     config = {"train_micro_batch_size_per_gpu": cfg.data.batch_size, "gradient_accumulation_steps": sched.grad_accum,
               "gradient_clipping": t.grad_clip, "zero_optimization": {"stage": t.zero_stage},
               "bf16": {"enabled": t.precision == "bf16"}, "steps_per_print": 10**9, "wall_clock_breakdown": False,
               "zero_allow_untested_optimizer": True, "checkpoint": {"load_universal": universal}}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr, config=config)
-    return engine
+    return engine, optimizer
 
 
 class Trainer:
@@ -152,78 +154,105 @@ class Trainer:
         ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
         saved_world = checkpoint_world(ckpt) if ckpt is not None else self.world
         tag = "state" if saved_world == self.world else prepare_elastic(ckpt, self.rank, cfg.train.zero_stage)
-        self.engine = make_engine(model, cfg, S, universal=tag == "universal")
+        self.engine, self.optimizer = make_engine(model, cfg, S, universal=tag == "universal")
 
-        step, nonfinite, best = 0, 0, None
+        self.state = st = TrainState()
         if ckpt is not None:
-            step, state = load_checkpoint(self.engine, ckpt, self.rank, self.world, tag, seed=cfg.run.seed)
+            step, saved = load_checkpoint(self.engine, ckpt, self.rank, self.world, tag, seed=cfg.run.seed)
+            st.load_state_dict({**saved, "step": step})
             if cfg.run.mode != "eval":  # evaluation reads no training data: any backend may evaluate a checkpoint
                 if saved_world == self.world:
-                    self.loader.load_state_dict(state["loader"])
+                    self.loader.load_state_dict(saved["loader"])
                 else:
-                    self.loader.load_elastic_state(state["loader_states"])
-            nonfinite, best = state.get("nonfinite", 0), state.get("best")
-            self.print(f"resumed from {ckpt} at step {step}" + ("" if saved_world == self.world else
+                    self.loader.load_elastic_state(saved["loader_states"])
+            self.print(f"resumed from {ckpt} at step {st.step}" + ("" if saved_world == self.world else
                        f" (elastic: saved by {saved_world} ranks, now {self.world}; the unread samples of the "
                        f"interrupted pass are dealt to the {self.world} ranks)"))
         if cfg.run.mode == "eval":
-            return self.finish(step, best, evaluate_only=True)
+            return self.finish(evaluate_only=True)
 
         self.print(f"{cfg.run.mode}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable "
                    f"parameters, world {self.world}, ZeRO stage {cfg.train.zero_stage}; "
                    f"{S.describe(self.world, cfg.data.batch_size)}")
         from tqdm import tqdm
-        bar = tqdm(total=S.max_steps, initial=step, disable=self.rank != 0 or not cfg.logging.progress_bar,
+        bar = tqdm(total=S.max_steps, initial=st.step, disable=self.rank != 0 or not cfg.logging.progress_bar,
                    dynamic_ncols=True)
-        it = iter(self.loader)
+        self.batches = iter(self.loader)
         window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
-        while step < S.max_steps:
-            losses = []
-            for _ in range(S.grad_accum):  # micro-batches of one optimizer step
-                t = time.perf_counter()
-                batch = next(it, None)
-                if batch is None:  # end of a virtual epoch: every rank reaches it at the same step
-                    it = iter(self.loader)
-                    batch = next(it)
-                window["wait"] += time.perf_counter() - t
-                self.sample_log.write(step + 1, batch)
-                loss = self.forward_loss(batch, step)
-                if not self.all_finite(loss):  # skip the whole step on every rank
-                    losses = None
-                    break
-                self.engine.backward(loss)
-                self.engine.step()
-                losses.append(loss.item())
-                window["clips"] += len(batch["video_id"]) * self.world
-            if losses is None:
-                nonfinite += 1
-                self.print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)")
-                if nonfinite >= cfg.train.max_nonfinite_steps:
-                    raise FloatingPointError(f"{nonfinite} non-finite losses in a row (train.max_nonfinite_steps="
+        while st.step < S.max_steps:
+            loss = self.train_step(st.step, window)
+            if loss is None:
+                st.nonfinite += 1
+                self.print(f"step {st.step}: non-finite loss, step skipped ({st.nonfinite} in a row)")
+                if st.nonfinite >= cfg.train.max_nonfinite_steps:
+                    raise FloatingPointError(f"{st.nonfinite} non-finite losses in a row (train.max_nonfinite_steps="
                                              f"{cfg.train.max_nonfinite_steps}); stopping. Last checkpoint is valid.")
                 continue
-            nonfinite = 0
-            self.update_momentum()  # EMA: LSMCL key encoder / S5's momentum S4
-            step += 1
+            st.nonfinite = 0
+            st.step += 1
             bar.update(1)
-            window["loss"] += sum(losses) / len(losses)
+            window["loss"] += loss
             window["n"] += 1
-            if step % cfg.logging.every_steps == 0 or step == S.max_steps:
-                self.log_train(step, window)
+            if st.step % cfg.logging.every_steps == 0 or st.step == S.max_steps:
+                self.log_train(st.step, window)
                 window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "clips": 0}
-            if cfg.run.mode == "finetune" and step % S.eval_every == 0 and step < S.max_steps:
-                best = self.validate(step, best)
+            if cfg.run.mode == "finetune" and st.step % S.eval_every == 0 and st.step < S.max_steps:
+                self.validate()
             self.stopped_by = self.sync_stop_reasons()
             if self.stopped_by:
-                self.save(step, nonfinite, best)
-                self.print(f"stopped ({', '.join(self.stopped_by)}): checkpoint saved at step {step}; exiting")
+                self.save()
+                self.print(f"stopped ({', '.join(self.stopped_by)}): checkpoint saved at step {st.step}; exiting")
                 bar.close()
                 return self.shutdown(0)
-            if step % S.checkpoint_every == 0 and step < S.max_steps:
-                self.save(step, nonfinite, best)
+            if st.step % S.checkpoint_every == 0 and st.step < S.max_steps:
+                self.save()
         bar.close()
-        self.save(step, nonfinite, best)
-        return self.finish(step, best)
+        self.save()
+        return self.finish()
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self, step: int, window: dict) -> float | None:
+        """One optimizer step: ``sched.grad_accum`` micro-batches on each rank, then AdamW. Returns the
+        mean micro-batch loss, or None when a loss was non-finite on any rank: then the whole step
+        is discarded (no partial gradient, no update, no schedule advance, the RNG as before it) and
+        its micro-batches are consumed, so the run equals one whose data never held them."""
+        last, skip, losses = self.sched.grad_accum - 1, False, []
+        rng = rng_state()  # a discarded step leaves no trace, random draws included
+        for micro in range(last + 1):
+            # 1. the micro-batch (a virtual epoch's end: every rank reaches it at the same step)
+            t = time.perf_counter()
+            batch = self.next_batch()
+            window["wait"] += time.perf_counter() - t
+            self.sample_log.write(step + 1, batch)
+            # 2. forward; a non-finite loss on any rank poisons the step on every rank
+            if not skip:
+                loss = self.forward_loss(batch, step)
+                skip = not self.all_finite(loss)
+            if skip:  # the rest of a poisoned step: zero losses of finite inputs keep DeepSpeed's micro-step
+                loss = self.forward_loss(zeros_like_batch(batch), step) * 0.0  # count and ZeRO's reductions aligned
+            else:
+                losses.append(loss.item())
+                window["clips"] += len(batch["video_id"]) * self.world
+            # 3. backward: gradients accumulate over the micro-batches (ZeRO-2/3 reduce them as they come)
+            self.engine.backward(loss)
+            # 4. the accumulation boundary (micro == last): gradient clipping, AdamW, the lr schedule; DeepSpeed
+            #    zeroes the gradients after it. A poisoned step closes the gate: its update is not applied.
+            with skip_update(self.optimizer, skip and micro == last):
+                self.engine.step()
+        if skip:
+            set_rng_state(rng)
+            return None
+        # 5. the momentum update (EMA: LSMCL's key encoder, S5's momentum S4), once per applied step
+        self.update_momentum()
+        return sum(losses) / len(losses)
+
+    def next_batch(self) -> dict:
+        """The next training micro-batch of this rank; a new virtual epoch when the last one ended."""
+        batch = next(self.batches, None)
+        if batch is None:
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        return batch
 
     # ------------------------------------------------------------------ pieces
     def build_train_loader(self):
@@ -245,18 +274,16 @@ class Trainer:
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         model = build_model(cfg.model, self.token_shape[1],
-                            head_classes(cfg.run.mode, cfg.model.task, cfg.model.num_classes, self.classes))
-        if cfg.run.mode == "pretrain":
-            return LSMCL(model, proj_dim=128, momentum=cfg.model.momentum, mask_ratio=cfg.model.mask_ratio,
-                         temperature=cfg.model.contrastive_temperature)
-        if cfg.run.init_from:
+                            head_classes(cfg.run.mode, cfg.model.task, cfg.model.num_classes, self.classes),
+                            pretrain=cfg.run.mode == "pretrain")
+        if cfg.run.init_from and cfg.run.mode != "pretrain":
             self.init_from(model, cfg.run.init_from)
         return model
 
     def init_from(self, model: nn.Module, path: str) -> None:
-        """Load the weights of a pretraining run (its query encoder, ``encoder_q.*``) or of a finetune
-        run (a run dir or a checkpoint dir) into ``model``. Tensors of another shape (the head of a
-        run with another class count) are left as initialised, and said so.
+        """Load the weights of a pretraining run (its query encoder) or of a finetune run (a run dir or
+        a checkpoint dir) into ``model`` (:func:`models.factory.load_model_weights`). Tensors of
+        another shape (the head of a run with another class count) are left as initialised, and said so.
 
         Raises:
             ConfigError: nothing would load (another model), caught before the first step.
@@ -264,22 +291,16 @@ class Trainer:
         ckpt = resolve_resume("auto", path) if (Path(path) / "checkpoints").is_dir() else Path(path)
         if ckpt is None or not (ckpt / "meta.json").exists():
             raise FileNotFoundError(f"run.init_from: no complete checkpoint in {path}")
-        sd = consolidated_weights(ckpt, "state")
-        prefix = "encoder_q."
-        if any(k.startswith(prefix) for k in sd):  # an LSMCL pretraining run: its query encoder
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = model_weights(consolidated_weights(ckpt, "state"))
         own = model.state_dict()
         reshaped = sorted(k for k, v in sd.items() if k in own and own[k].shape != v.shape)
         sd = {k: v for k, v in sd.items() if k not in reshaped}
         if not any(k in own for k in sd):
             raise ConfigError(f"run.init_from: {ckpt} has no tensor of this model ({cfg_model_line(self.cfg)}); "
                               "nothing would load. Point it at a run of the same model, or run.init_from=null")
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if hasattr(model.backbone, "update_momentum") and any(".s4_hat." in k for k in missing):
-            model.backbone.update_momentum(0.0)  # the momentum S4 starts as a copy of the loaded S4
-            missing = [k for k in missing if ".s4_hat." not in k]
-        self.print(f"init_from {ckpt}: {len(sd) - len(unexpected)} tensors loaded; missing keys {list(missing)}; "
-                   f"unexpected keys {list(unexpected)}")
+        missing, unexpected = load_model_weights(model, sd)
+        self.print(f"init_from {ckpt}: {len(sd) - len(unexpected)} tensors loaded; missing keys {missing}; "
+                   f"unexpected keys {unexpected}")
         if reshaped:
             self.print(f"init_from: {', '.join(reshaped)} reinitialised: shape {tuple(own[reshaped[0]].shape)} here, "
                        "another in the checkpoint (a head of another class count starts anew)")
@@ -310,8 +331,9 @@ class Trainer:
         if self.cfg.model.task == "captioning":  # the captioner's own cross-entropy on the batch's captions
             return self.engine(self.tokens(batch, "video"), grid=self.grid, captions=list(batch["caption"]))
         out = self.engine(self.tokens(batch, "video"), grid=self.grid)
-        return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=2.0
-                         if self.cfg.model.task == "multilabel" else None, label_smoothing=self.cfg.train.label_smoothing)
+        t = self.cfg.train
+        return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=t.pos_weight,
+                         label_smoothing=t.label_smoothing)
 
     def update_momentum(self) -> None:
         """The model's EMA update; under ZeRO-3 the partitioned parameters are gathered for it
@@ -346,10 +368,12 @@ class Trainer:
         self.log.log(step, "train", **m)
         self.print(console_line(step, self.sched.max_steps, m))
 
-    def save(self, step: int, nonfinite: int, best) -> None:
-        state = {"loader": self.loader.state_dict(), "nonfinite": nonfinite, "best": best}
-        save_checkpoint(self.engine, self.cfg.run.dir, step, self.rank, self.world, state, to_dict(self.cfg),
-                        self.cfg.checkpoint.keep_last, best_tag=(best or {}).get("tag"))
+    def save(self) -> None:
+        """A checkpoint of the engine, this rank's loader position and the :class:`TrainState`."""
+        st = self.state
+        save_checkpoint(self.engine, self.cfg.run.dir, st.step, self.rank, self.world,
+                        {"loader": self.loader.state_dict(), **st.state_dict()}, to_dict(self.cfg),
+                        self.cfg.checkpoint.keep_last, best_tag=(st.best or {}).get("tag"))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, details: bool = False, stride: float | None = None):
@@ -374,8 +398,9 @@ class Trainer:
             for k, m in out.items()))
         return out
 
-    def validate(self, step: int, best):
+    def validate(self) -> None:
         """Evaluate on the validation split; keep the weights of the best one (selection on val only)."""
+        step, best = self.state.step, self.state.best
         m = self.evaluate(self.cfg.data.val_split)
         self.log.log(step, self.cfg.data.val_split, **m)
         self.print(f"step {step} {self.cfg.data.val_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -383,11 +408,10 @@ class Trainer:
         improved = best is None or (m[key] < best["value"] if key in ("mse", "loss") else m[key] > best["value"])
         if improved:
             tag = save_best(self.engine, self.cfg.run.dir, step, self.rank, keep={(best or {}).get("tag")})
-            best = {"step": step, "value": m[key], "metric": key, "val": m, "tag": tag}
-        return best
+            self.state.best = {"step": step, "value": m[key], "metric": key, "val": m, "tag": tag}
 
-    def finish(self, step: int, best, evaluate_only: bool = False) -> int:
-        cfg = self.cfg
+    def finish(self, evaluate_only: bool = False) -> int:
+        cfg, step = self.cfg, self.state.step
         bad_samples, bad_shards = self.count_bad_data()
         results = {"steps": step, "mode": cfg.run.mode, "bad_samples_skipped": bad_samples,
                    "bad_shards_skipped": bad_shards}
@@ -398,8 +422,9 @@ class Trainer:
                        "(URLs in the log)")
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
-                best = self.validate(step, best)
-                load_best(self.engine, cfg.run.dir, best.get("tag", "state"), self.rank, self.world)
+                self.validate()
+                load_best(self.engine, cfg.run.dir, self.state.best.get("tag", "state"), self.rank, self.world)
+            best = self.state.best
             test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
             results.update(selected=best, test=test, val=(best or {}).get("val"), classes=self.classes,
