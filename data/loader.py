@@ -34,6 +34,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
 from data.cpu import ShardStream, decode_video
 from data.sources import deal_pieces, elastic_pieces, resolve_shards
+from trainer.compat import loader_dataset_states, loader_live_iterator, loader_stop_workers
 
 log = logging.getLogger("s5video.data")
 # torchdata 0.11 calls torch.set_vital on every iterator start; torch 2.13 deprecates it (harmless)
@@ -135,11 +136,7 @@ def _worker_init(parent_pid: int, worker_id: int) -> None:
 
 def _stream_states(loader_state: dict) -> list[dict]:
     """The :class:`ShardStream` state of each reader (worker) in a ``StatefulDataLoader`` state, by worker id."""
-    snap = loader_state.get("_snapshot")
-    if snap is None:  # num_workers=0: the rank's process is the one reader
-        return [loader_state["dataset_state"]]
-    workers = snap["_worker_snapshots"]
-    return [workers[f"worker_{i}"]["dataset_state"] for i in range(len(workers))]
+    return loader_dataset_states(loader_state)
 
 
 class VideoLoader:
@@ -271,18 +268,16 @@ class VideoLoader:
         is being stopped (seen: a native decode thread aborting at the worker's exit, which the
         loader's SIGCHLD handler turns into a RuntimeError here) is logged, not raised: stopping it
         was the point, and its batches were not going to be used."""
-        it = getattr(self.dl, "_iterator", None)
-        workers = list(getattr(it, "_workers", []) or [])
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            try:
-                it._shutdown_workers()  # its own `finally` unregisters the workers and terminates those left
-            except RuntimeError as e:
-                log.warning("rank %d: a decode worker died while being stopped (%s)", self.rank, e)
+        workers = []
+        try:
+            workers = loader_stop_workers(self.dl)
+        except RuntimeError as e:
+            log.warning("rank %d: a decode worker died while being stopped (%s)", self.rank, e)
         for w in workers:
             if w.is_alive():
                 w.kill()
             w.join(timeout)
-        self.dl._iterator, self._it = None, None
+        self._it = None
 
     def bad_samples(self) -> int:
         """Bad samples skipped so far by this rank's workers (as of the last state snapshot); 0 before
@@ -294,9 +289,7 @@ class VideoLoader:
         return self._workers_sum("bad_shards")
 
     def _workers_sum(self, key: str) -> int:
-        if getattr(self.dl, "_iterator", None) is None and self._it is None:
+        if loader_live_iterator(self.dl) is None and self._it is None:
             return int(self.stream.state_dict().get(key, 0))
-        sd = self.dl.state_dict()
-        workers = sd.get("_snapshot", {}).get("_worker_snapshots", {})
-        states = [w.get("dataset_state") or {} for w in workers.values()] or [self.stream.state_dict()]
+        states = loader_dataset_states(self.dl.state_dict()) or [self.stream.state_dict()]
         return sum(int(s.get(key, 0)) for s in states)

@@ -21,6 +21,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from trainer.compat import submitit_requeue_signal
+
 
 class RequeueLimitReached(RuntimeError):
     """The job was stopped by a signal and has used up ``launch.max_requeues``."""
@@ -53,7 +55,7 @@ class TrainJob:
         os.environ.update(distributed_env(job_env))
         # submitit installed its checkpoint-and-requeue handler on SIGUSR2; the trainer replaces it
         # while it runs, and we call it ourselves once the trainer has saved.
-        requeue_handler = signal.getsignal(job_env._usr_sig())
+        requeue_handler = signal.getsignal(submitit_requeue_signal(job_env))
         overrides = self.overrides + (["checkpoint.resume=auto"] if self.requeues else [])
         trainer = make_trainer(self.config, overrides)
         print(f"[launcher] rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']} on "
@@ -67,7 +69,7 @@ class TrainJob:
             print(f"[launcher] stopped by {', '.join(trainer.stopped_by)}", flush=True)
             if callable(requeue_handler):
                 try:
-                    requeue_handler(job_env._usr_sig(), None)  # rank 0: checkpoint() + requeue + exit
+                    requeue_handler(submitit_requeue_signal(job_env), None)  # rank 0: checkpoint() + requeue + exit
                 except subprocess.CalledProcessError as e:
                     if e.returncode >= 0:
                         raise

@@ -49,6 +49,7 @@ from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
 from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
 from trainer.preflight import elastic_resume, preflight, train_samples  # noqa: E402
 from trainer.schedule import Schedule, resolve_schedule  # noqa: E402
+from trainer.compat import submitit_sbatch_script  # noqa: E402
 
 DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
@@ -218,8 +219,6 @@ def trainer_command(stage: Stage) -> str:
 
 def print_plan(stages: list[Stage], local: bool) -> None:
     """``--dry-run``: every job, its resources, dependency, sbatch header and command."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     print(f"{len(stages)} job(s), {'local (LocalExecutor)' if local else 'Slurm (submitit)'}; nothing submitted")
     for i, s in enumerate(stages, 1):
         L = s.launch
@@ -237,8 +236,7 @@ def print_plan(stages: list[Stage], local: bool) -> None:
         print(f"    each task runs: {trainer_command(s)}")
         if not local:
             ex = make_executor(s, local=False, dependency=dep if s.after else None)
-            header = _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {ex.folder}",
-                                         folder=ex.folder, **ex.parameters)
+            header = submitit_sbatch_script(ex)
             print("    sbatch script:\n" + "\n".join("      " + line for line in header.splitlines() if line))
 
 

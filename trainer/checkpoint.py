@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.compat import ds_model_states_files, ds_stop_universal_loads, ds_to_universal
+
 
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
@@ -111,7 +113,7 @@ def load_best(engine, run_dir: str, tag: str, rank: int, world: int) -> None:
     at ``tag``. A tag saved by another number of ranks (before an elastic resume) is read whole
     (:func:`consolidated_weights`) and copied into the module, gathered under ZeRO-3."""
     root = Path(run_dir) / "best"
-    states = sorted((root / tag).glob("*mp_rank_00_model_states.pt"))
+    states = ds_model_states_files(root / tag)
     saved = torch.load(states[0], weights_only=False, map_location="cpu").get("dp_world_size") if states else world
     if saved != world:
         import deepspeed
@@ -146,7 +148,7 @@ def consolidated_weights(root: str | os.PathLike, tag: str) -> dict[str, torch.T
     ``zero_to_fp32`` gathers from the partitions (ZeRO 1-3; frozen parameters where DeepSpeed
     recorded them). Needs no process group."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    files = sorted((Path(root) / tag).glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: zero_pp_rank_0_mp_rank_00_...
+    files = ds_model_states_files(Path(root) / tag)
     if not files:
         raise FileNotFoundError(f"{Path(root) / tag}: no DeepSpeed model states file")
     states = torch.load(files[0], weights_only=False, map_location="cpu")
@@ -187,20 +189,16 @@ def prepare_elastic(path: Path, rank: int, zero_stage: int) -> str:
         return "state"
     out, error = Path(path) / "universal", None
     if rank == 0 and not (out / "zero").is_dir():
-        import argparse
         import contextlib
         import io
         import traceback
 
-        from deepspeed.checkpoint import ds_to_universal
         tmp = Path(path) / ".universal-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        args = argparse.Namespace(input_folder=str(Path(path) / "state"), output_folder=str(tmp), num_extract_workers=1,
-                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
         said = io.StringIO()  # the converter prints a line per step and a progress bar per parameter
         try:
             with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-                ds_to_universal.main(args)
+                ds_to_universal(Path(path) / "state", tmp)
             os.replace(tmp, out)
         except Exception:  # noqa: BLE001 - reported on every rank below
             error = (f"converting {path} to a universal checkpoint failed:\n{said.getvalue()[-2000:]}\n"
@@ -223,7 +221,7 @@ def load_checkpoint(engine, path: Path, rank: int, world: int, tag: str = "state
     ``load_elastic_state``), and the RNGs are seeded from ``seed``, the rank and the step."""
     meta = json.loads((path / "meta.json").read_text())
     engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
-    engine._config.load_universal_checkpoint = False  # read by DeepSpeed at each load; later ones (best/) are not
+    ds_stop_universal_loads(engine)  # DeepSpeed reads the flag at each load; later ones (best/) are not universal
     step = int(meta["step"])
     if meta["world"] == world:
         state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)

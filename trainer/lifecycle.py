@@ -33,6 +33,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from trainer.compat import ds_shm_buffer_name
+
 log = logging.getLogger("s5video.lifecycle")
 
 SHM_DIR = Path("/dev/shm")
@@ -144,7 +146,7 @@ def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None)
     ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``)."""
     addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
     port = os.environ.get("MASTER_PORT", "") if port is None else port
-    return f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    return ds_shm_buffer_name(rank, addr, port)
 
 
 def release_shm_names(rank: int) -> bool:
