@@ -27,7 +27,7 @@ CONFIG_ARGS: dict[str, dict[str, str]] = {
     "lst_full": dict(_DECODER),
     "performer": {**_DECODER, "num_features": "num_features"},
     "orthoformer": {**_DECODER, "num_landmarks": "num_landmarks"},
-    "videomamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
+    "bimamba": {"width": "d_model", "depth": "depth", "state_size": "d_state"},
     "mlp_head": {"mlp_layers": "hidden", "dropout": "dropout", "mlp_layernorm": "layernorm"},
     "gpt2_captioner": {"width": "n_embd", "depth": "n_layer", "gpt2": "gpt2", "caption_beams": "num_beams", "caption_max_tokens": "max_tokens"},
 }

@@ -59,9 +59,9 @@ def _attention(**kw):
     return make_attention_baseline(**kw)
 
 
-def _videomamba(**kw):
-    from models.baselines import VideoMambaClassifier  # noqa: PLC0415
-    return VideoMambaClassifier(**kw)
+def _bimamba(**kw):
+    from models.baselines import BiMambaDecoder  # noqa: PLC0415
+    return BiMambaDecoder(**kw)
 
 
 def _captioner(**kw):
@@ -88,8 +88,9 @@ register_model("performer", **FULL, mixer="performer", num_features=256)(_attent
 register_model("performer_debug", **DEBUG, mixer="performer", num_heads=2, num_features=16)(_attention)
 register_model("orthoformer", **FULL, mixer="orthoformer", num_landmarks=128)(_attention)
 register_model("orthoformer_debug", **DEBUG, mixer="orthoformer", num_heads=2, num_landmarks=8)(_attention)
-register_model("videomamba", num_classes=400, d_model=192, depth=24)(_videomamba)
-register_model("videomamba_debug", num_classes=5, d_model=32, depth=2, d_state=8)(_videomamba)
+# VideoMamba's bidirectional Mamba block as a decoder over frame tokens (the videomamba_* names are video encoders)
+register_model("bimamba", num_classes=400, d_model=192, depth=24)(_bimamba)
+register_model("bimamba_debug", num_classes=5, d_model=32, depth=2, d_state=8)(_bimamba)
 # seed 004: an MLP head over a frozen video encoder's hidden states (d_model = the encoder's width, set by the factory)
 register_model("mlp_head", num_classes=157, d_model=576, hidden=(1024, 1024), dropout=0.7)(_mlp_head)
 register_model("mlp_head_debug", num_classes=5, d_model=32, hidden=(16,), dropout=0.0)(_mlp_head)

@@ -15,12 +15,12 @@ from trainer.config import ModelConfig, load_config
 
 
 def test_every_config_argument_is_a_constructor_argument():
-    from models.baselines import VideoMambaClassifier, make_attention_baseline
+    from models.baselines import BiMambaDecoder, make_attention_baseline
     from models.captioner import GPT2Captioner
     from models.heads import MLPHead
     from models.s5 import S5
     from models.vis4mer import ViS4mer, ViS4merDecoder
-    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "videomamba": [VideoMambaClassifier], "mlp_head": [MLPHead], "gpt2_captioner": [GPT2Captioner],
+    ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "bimamba": [BiMambaDecoder], "mlp_head": [MLPHead], "gpt2_captioner": [GPT2Captioner],
             **{f: [make_attention_baseline, ViS4merDecoder] for f in ("lst", "lst_full", "performer", "orthoformer")}}
     assert set(CONFIG_ARGS) == {family_of(n) for n in list_models()} == set(ctor)
     fields = set(vars(ModelConfig()))
@@ -78,6 +78,6 @@ def test_s4_kernel_flag_reaches_the_layers(kernel):
     assert {type(m) for m in default.modules() if isinstance(m, (S4Kernel, S4DKernel))} == {S4Kernel}  # paper: NPLR
 
 
-def test_videomamba_keeps_its_width_when_the_config_leaves_it_to_the_flavour():
-    cfg = load_config("configs/demo_finetune.yaml", ["model.name=videomamba_debug", "model.width=null"])
+def test_bimamba_keeps_its_width_when_the_config_leaves_it_to_the_flavour():
+    cfg = load_config("configs/demo_finetune.yaml", ["model.name=bimamba_debug", "model.width=null"])
     assert build_model(cfg.model, in_dim=1280, num_classes=3).backbone.in_dim == 32  # the flavour's d_model

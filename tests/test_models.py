@@ -14,7 +14,7 @@ from models.vis4mer import ViS4mer
 
 def test_registry_lists_and_builds_debug_flavours():
     names = list_models()
-    for n in ("vis4mer", "s5", "lst", "lst_full", "performer", "orthoformer", "videomamba"):
+    for n in ("vis4mer", "s5", "lst", "lst_full", "performer", "orthoformer", "bimamba"):
         assert n in names and f"{n}_debug" in names
     for n in names:
         if n.endswith("_debug"):
@@ -148,20 +148,26 @@ def test_s5_keep_ratio_one_equals_vis4mer():
     assert not torch.allclose(s5(x), v(x))
 
 
-def test_lst_uses_attention_and_videomamba_is_bidirectional():
+def test_lst_uses_attention_and_bimamba_is_bidirectional():
     torch.manual_seed(0)
     lst = create_model("lst_debug", num_classes=2).eval()
     assert type(lst.decoder.blocks[0].mixer).__name__ == "SelfAttention"
     x = torch.randn(1, 32, 64)
     x2 = x.clone()
     x2[:, -1, 0] += 1.0  # one channel: a shift of every channel would vanish in the LayerNorm
-    vm = create_model("videomamba_debug", num_classes=2).eval()
+    vm = create_model("bimamba_debug", num_classes=2).eval()
     blk = vm.blocks[0]
+    assert type(blk.mixer).__name__ == "BiMamba"  # the video encoder's block (models.videomamba)
+
+    def fwd(h):  # the forward (time-ordered) branch alone
+        x, z = blk.mixer.in_proj(blk.norm(h)).chunk(2, -1)
+        return blk.mixer.branch(x, z, "")
+
     h, h2 = x[:, -4:, :32], x2[:, -4:, :32]  # 4 tokens at the model's width (32); the last one differs
     with torch.no_grad():
         assert not torch.allclose(blk(h)[:, 0], blk(h2)[:, 0])  # the first token sees the last one
-        assert not torch.allclose(blk.fwd(h)[:, -1], blk.fwd(h2)[:, -1])
-        torch.testing.assert_close(blk.fwd(h)[:, :-1], blk.fwd(h2)[:, :-1])  # one direction is causal
+        assert not torch.allclose(fwd(h)[:, -1], fwd(h2)[:, -1])
+        torch.testing.assert_close(fwd(h)[:, :-1], fwd(h2)[:, :-1])  # one direction is causal
 
 
 def test_task_losses_match_formulas():
