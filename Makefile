@@ -28,7 +28,8 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# the tests left out of `make test` for time (six of the nine LVU paper-config runs, ~1.5 min)
+# the tests left out of `make test` for time (marked slow: further cases of code paths the default
+# tier already runs once - more ZeRO stages, resume cycles, paper configs, launchers); .ci/run runs both
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 

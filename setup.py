@@ -5,12 +5,16 @@ Install (CPU): ``make install`` or
 """
 from setuptools import setup
 
+SUBPACKAGES = ("trainer", "models", "data", "launchers", "tools")  # as s5video/__init__.py
+
 setup(
     name="s5video",
     version="0.1.0",
     description="Train long-form state-space video models (ViS4mer, S5, LSMCL) from WebDataset shards",
     python_requires=">=3.10",
-    packages=["trainer", "models", "data", "launchers", "tools"],
+    # import names s5video.trainer, s5video.models, ...: the code stays in the top-level folders
+    packages=["s5video", *(f"s5video.{p}" for p in SUBPACKAGES)],
+    package_dir={"s5video": "s5video", **{f"s5video.{p}": p for p in SUBPACKAGES}},
     install_requires=[
         "torch==2.13.0",
         "numpy",
@@ -46,5 +50,9 @@ setup(
         "parity": ["omegaconf>=2.1", "opt_einsum>=3.3", "scipy>=1.10"],
         "bench": ["scikit-learn>=1.3"],  # benchmarks/linear_probe.py
     },
-    entry_points={"console_scripts": ["s5video-make-shards=tools.make_shards:main"]},
+    entry_points={"console_scripts": ["s5video-make-shards=s5video.tools.make_shards:main",
+                                      "s5video-train=s5video.trainer.main:main",
+                                      "s5video-submit=s5video.launchers.submit:main",
+                                      "s5video-export=s5video.tools.export:main",
+                                      "s5video-predict=s5video.tools.predict:main"]},
 )

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.convert import convert_authors_vis4mer, load_authors_vis4mer  # noqa: E402
+from s5video.models.convert import convert_authors_vis4mer, load_authors_vis4mer  # noqa: E402
 
 
 def cauchy_conj(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,8 @@ def reference(urls: list[str]) -> tuple[int, float]:
 
 
 def backend_run(name: str, shards: str, split: str, workers: int, frames_per_sample: float) -> tuple[float, float]:
-    from data import build_loader
-    from data.clips import ClipSpec
+    from s5video.data import build_loader
+    from s5video.data.clips import ClipSpec
     spec = ClipSpec(mode="train", frames=8, seconds=2.0)
     kw = dict(batch_size=4, image_size=112, seed=0)
     if name == "cpu":
@@ -97,7 +97,7 @@ def main() -> int:
     if a.make_clips:
         make_clips(a.make_clips, a.footage)
         return 0
-    from data.sources import resolve_shards
+    from s5video.data.sources import resolve_shards
     ss = resolve_shards(a.shards, a.split)
     frames, secs = reference(ss.urls)
     base = frames / secs

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.loader import VideoLoader  # noqa: E402
-from data.sources import read_manifest  # noqa: E402
-from models.encoders import create_encoder  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.evaluate import eval_clip_spec  # noqa: E402
+from s5video.data.loader import VideoLoader  # noqa: E402
+from s5video.data.sources import read_manifest  # noqa: E402
+from s5video.models.encoders import create_encoder  # noqa: E402
+from s5video.trainer.config import load_config  # noqa: E402
+from s5video.trainer.evaluate import eval_clip_spec  # noqa: E402
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.datasets import demo_items  # noqa: E402
-from tools.shardwriter import EncodeOptions, _ffmpeg_cmd, make_shards  # noqa: E402
+from s5video.tools.datasets import demo_items  # noqa: E402
+from s5video.tools.shardwriter import EncodeOptions, _ffmpeg_cmd, make_shards  # noqa: E402
 
 
 def plain_ffmpeg(items, opts: EncodeOptions, workers: int, tmp: str) -> float:

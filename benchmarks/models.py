@@ -45,7 +45,7 @@ def one(model: str, tokens: int, width: int, batch: int, device: str, min_second
     (e.g. pool, channel_scaling)."""
     import torch
 
-    from models import create_model
+    from s5video.models import create_model
 
     torch.manual_seed(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -52,7 +52,7 @@ def rank_main(stage: int, width: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from models import create_model
+    from s5video.models import create_model
     deepspeed.init_distributed("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)

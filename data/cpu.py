@@ -24,7 +24,7 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data.sources import FETCH_BACKOFF_S, ShardSet, reader_entries
+from s5video.data.sources import FETCH_BACKOFF_S, ShardSet, reader_entries
 
 log = logging.getLogger("s5video.data")
 

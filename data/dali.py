@@ -28,9 +28,10 @@ import json
 import numpy as np
 import torch
 
-from data.clips import ClipSpec, plan_clips, sample_rng
-from data.loader import SampleMaker
-from data.sources import resolve_shards
+from s5video.data.base import ClipLoader
+from s5video.data.clips import ClipSpec, plan_clips, sample_rng
+from s5video.data.loader import SampleMaker
+from s5video.data.sources import resolve_shards
 
 
 def dali_available() -> bool:
@@ -72,7 +73,7 @@ def build_video_pipeline(urls: list[str], batch_size: int, image_size: int, mean
     return p
 
 
-class DaliVideoLoader:
+class DaliVideoLoader(ClipLoader):
     """Same arguments and batches as :class:`data.loader.VideoLoader`, decoded by DALI.
 
     device: ``"cpu"`` or ``"mixed"``. Local shard files only (DALI's reader opens paths).
@@ -101,9 +102,6 @@ class DaliVideoLoader:
             self._pending += self._samples(*self._run())
         self._pending = self._pending[consumed:]
         self.consumed = consumed
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     @property
     def num_samples(self) -> int:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 
+from s5video.data.base import ClipLoader
+
 def feature_path(root: str, split: str) -> str:
     """The cache file of ``split`` in the cache directory ``root``."""
     return os.path.join(root, f"{split}.beton")
@@ -133,7 +135,7 @@ def _segment_order(records_of: list[np.ndarray], video_ids: list[str], count: in
     draw: a random sorted sample from ``sample_rng(seed, epoch, video)``, as the video path draws
     it), so every ``count`` consecutive records are one training example. ``overrides`` (epoch ->
     this rank's *video* indices) is set by FeatureLoader.load_elastic_state."""
-    from data.clips import sample_rng, segment_indices
+    from s5video.data.clips import sample_rng, segment_indices
 
     def sample_order(epoch: int, indices: np.ndarray) -> np.ndarray:
         if epoch in factory.overrides:  # an elastic resume's share of the interrupted epoch
@@ -154,7 +156,7 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
     return np.random.default_rng(seed + epoch).permutation(indices) if shuffle else np.asarray(indices)
 
 
-class FeatureLoader:
+class FeatureLoader(ClipLoader):
     """Batches of one rank from a cache file: ``tokens`` (B, T*P, D) float32, ``label``, ``video_id``
     (list of B), ``bounds`` (B, 2) seconds. A cache of single segments (``tools/extract_features.py``
     with ``data.sampling: segments``) yields each video once per epoch as T = ``frames`` of its
@@ -208,9 +210,6 @@ class FeatureLoader:
                                         "video": [IntDecoder(), ToTensor()], "bounds": [NDArrayDecoder(), ToTensor()]})
         self.steps_per_epoch = len(self.loader)
         self.epoch, self.step = 0, 0
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict]:
         """The rest of the current epoch (all of it when started fresh)."""

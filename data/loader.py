@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
-from data.cpu import ShardStream, decode_video
-from data.sources import deal_pieces, elastic_pieces, resolve_shards
-from trainer.compat import loader_dataset_states, loader_live_iterator, loader_stop_workers
+from s5video.data.base import ClipLoader
+from s5video.data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
+from s5video.data.cpu import ShardStream, decode_video
+from s5video.data.sources import deal_pieces, elastic_pieces, resolve_shards
+from s5video.trainer.compat import loader_dataset_states, loader_live_iterator, loader_stop_workers
 
 log = logging.getLogger("s5video.data")
 # torchdata 0.11 calls torch.set_vital on every iterator start; torch 2.13 deprecates it (harmless)
@@ -139,7 +140,7 @@ def _stream_states(loader_state: dict) -> list[dict]:
     return loader_dataset_states(loader_state)
 
 
-class VideoLoader:
+class VideoLoader(ClipLoader):
     """Batches of one data-parallel rank (see module docstring).
 
     Args:
@@ -181,9 +182,6 @@ class VideoLoader:
         self._it = None
         if num_workers > 0:  # before multiprocessing's own exit hook, which would wait on workers that ignore SIGTERM
             atexit.register(_close_at_exit, weakref.ref(self))
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     @property
     def num_samples(self) -> int:

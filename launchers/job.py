@@ -21,7 +21,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from trainer.compat import submitit_requeue_signal
+from s5video.trainer.compat import submitit_requeue_signal
 
 
 class RequeueLimitReached(RuntimeError):
@@ -47,8 +47,8 @@ class TrainJob:
     def __call__(self) -> dict:
         import submitit
 
-        from launchers.slurm_env import distributed_env
-        from trainer.main import make_trainer
+        from s5video.launchers.slurm_env import distributed_env
+        from s5video.trainer.main import make_trainer
 
         os.chdir(self.workdir)
         job_env = submitit.JobEnvironment()

@@ -44,12 +44,12 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "launchers"):
     sys.path[0] = _REPO  # `python launchers/submit.py`: import the packages
 
-from launchers.job import TrainJob  # noqa: E402
-from launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
-from trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
-from trainer.preflight import elastic_resume, preflight, train_samples  # noqa: E402
-from trainer.schedule import Schedule, resolve_schedule  # noqa: E402
-from trainer.compat import submitit_sbatch_script  # noqa: E402
+from s5video.launchers.job import TrainJob  # noqa: E402
+from s5video.launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
+from s5video.trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
+from s5video.trainer.preflight import elastic_resume, preflight, train_samples  # noqa: E402
+from s5video.trainer.schedule import Schedule, resolve_schedule  # noqa: E402
+from s5video.trainer.compat import submitit_sbatch_script  # noqa: E402
 
 DEFAULT_PRETRAIN = "configs/k600_pretrain.yaml"
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if results and len(results) == len(stages):  # every stage finished: summary.json + table
-        from launchers import summary
+        from s5video.launchers import summary
         out = os.path.commonpath([os.path.abspath(os.path.dirname(s.run_dir.rstrip("/"))) for s in stages])
         summ = summary.summarize({s.name: s.run_dir for s in stages})
         path = summary.write(summ, out)

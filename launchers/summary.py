@@ -122,7 +122,7 @@ def write(summary: dict, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
-    from trainer.logs import plot_confusion
+    from s5video.trainer.logs import plot_confusion
     for name, r in summary["stages"].items():
         if r.get("test_confusion"):
             plot_confusion(r["test_confusion"], r["classes"], out / f"confusion_{name}.png",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.vis4mer import ViS4mer
+from s5video.models.vis4mer import ViS4mer
 
 
 def make_attention_baseline(num_classes: int, mixer: str, d_model: int = 1024, depth: int = 3, dropout: float = 0.2,
@@ -36,7 +36,7 @@ class BiMambaDecoder(nn.Module):
 
     def __init__(self, num_classes: int, d_model: int = 192, depth: int = 4, d_state: int = 16):
         super().__init__()
-        from models.videomamba import Block  # noqa: PLC0415
+        from s5video.models.videomamba import Block  # noqa: PLC0415
         self.blocks = nn.ModuleList(Block(d_model, d_state) for _ in range(depth))
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
         self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else nn.Identity()

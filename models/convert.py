@@ -117,7 +117,7 @@ def load_authors_vis4mer(source: str | Path | dict, dropout: float = 0.2):
     as training scripts save). Returns a :class:`models.factory.TokenModel`, forward(tokens
     (B, L, d_input)) -> (B, num_classes). Raises ValueError (see :func:`convert_authors_vis4mer`).
     """
-    from models.factory import TokenModel  # noqa: PLC0415
+    from s5video.models.factory import TokenModel  # noqa: PLC0415
 
     state = source if isinstance(source, dict) else torch.load(source, map_location="cpu", weights_only=True)
     for wrapper in ("model", "net", "state_dict"):

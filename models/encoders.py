@@ -160,7 +160,7 @@ class VideoMambaEncoder(FrozenFrameEncoder):
         self.configure(frame_tokens, spatial_grid)
         if spatial_grid:
             raise ValueError("model.spatial_grid: not supported by the VideoMamba video encoder; use 0")
-        from models.videomamba import FLAVOURS, VideoMamba, load_videomamba_weights  # noqa: PLC0415
+        from s5video.models.videomamba import FLAVOURS, VideoMamba, load_videomamba_weights  # noqa: PLC0415
         dim, depth = FLAVOURS[flavour]
         with torch.random.fork_rng(devices=[]):  # without weights: the same random encoder in every process
             torch.manual_seed(0)

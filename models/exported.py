@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from models.encoders import create_encoder
-from models.factory import build_model, head_classes
+from s5video.models.encoders import create_encoder
+from s5video.models.factory import build_model, head_classes
 
 FORMAT = "s5video-export/1"
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.registry import create_model, family_of
+from s5video.models.registry import create_model, family_of
 
 _DECODER = {"width": "d_model", "depth": "depth", "dropout": "dropout", "pool": "pool",
             "channel_scaling": "channel_scaling", "block": "block"}
@@ -96,7 +96,7 @@ def build_model(model_cfg: Any, in_dim: int, num_classes: int, pretrain: bool = 
     model = TokenModel(model_cfg.name, in_dim, num_classes, **args)
     if not pretrain:
         return model
-    from models.lsmcl import LSMCL
+    from s5video.models.lsmcl import LSMCL
     return LSMCL(model, **{arg: getattr(model_cfg, key) for key, arg in PRETRAIN_ARGS.items()})
 
 

@@ -44,34 +44,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _MODELS[name](**kwargs)
 
 
-def _vis4mer(**kw):
-    from models.vis4mer import ViS4mer  # noqa: PLC0415
-    return ViS4mer(**kw)
+def _lazy(module: str, name: str) -> Callable[..., nn.Module]:
+    """A constructor that imports ``module`` on first use (e.g. mambapy, transformers only when asked)."""
+    def make(**kw):
+        import importlib  # noqa: PLC0415
+        return getattr(importlib.import_module(module), name)(**kw)
+    return make
 
 
-def _s5(**kw):
-    from models.s5 import S5  # noqa: PLC0415
-    return S5(**kw)
-
-
-def _attention(**kw):
-    from models.baselines import make_attention_baseline  # noqa: PLC0415
-    return make_attention_baseline(**kw)
-
-
-def _bimamba(**kw):
-    from models.baselines import BiMambaDecoder  # noqa: PLC0415
-    return BiMambaDecoder(**kw)
-
-
-def _captioner(**kw):
-    from models.captioner import GPT2Captioner  # noqa: PLC0415
-    return GPT2Captioner(**kw)
-
-
-def _mlp_head(**kw):
-    from models.heads import MLPHead  # noqa: PLC0415
-    return MLPHead(**kw)
+_vis4mer = _lazy("s5video.models.vis4mer", "ViS4mer")
+_s5 = _lazy("s5video.models.s5", "S5")
+_attention = _lazy("s5video.models.baselines", "make_attention_baseline")
+_bimamba = _lazy("s5video.models.baselines", "BiMambaDecoder")
+_captioner = _lazy("s5video.models.captioner", "GPT2Captioner")
+_mlp_head = _lazy("s5video.models.heads", "MLPHead")
 
 
 FULL = dict(num_classes=400, d_model=1024, depth=3)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.vis4mer import ViS4mer
+from s5video.models.vis4mer import ViS4mer
 
 MASK_GENERATORS = ("linear", "linear_s4", "single_tx", "single_tx_s4", "stacked_tx", "stacked_tx_s4", "random")
 SELECTIONS = ("gather", "mask")

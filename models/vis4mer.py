@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import MIXERS, OrthoformerAttention, PerformerAttention, SelfAttention, sinusoidal_positions
-from models.ssm import S4, ChannelDropout
+from s5video.models.attention import MIXERS, OrthoformerAttention, PerformerAttention, SelfAttention, sinusoidal_positions
+from s5video.models.ssm import S4, ChannelDropout
 
 
 POOLS = ("avg1d", "max_st", "none")

@@ -19,7 +19,7 @@ def run_make_shards(*args: str, timeout: float = 600) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="session")
 def demo_footage() -> dict[str, str]:
-    from tools.datasets import fetch_demo_footage
+    from s5video.tools.datasets import fetch_demo_footage
     return fetch_demo_footage(FOOTAGE)
 
 

@@ -20,14 +20,14 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.factory import build_model  # noqa: E402
+from s5video.models.factory import build_model  # noqa: E402
 from tests.helpers import TINY  # noqa: E402
-from trainer.checkpoint import (checkpoint_world, complete_checkpoints, load_checkpoint, prepare_elastic,  # noqa: E402
+from s5video.trainer.checkpoint import (checkpoint_world, complete_checkpoints, load_checkpoint, prepare_elastic,  # noqa: E402
                                 save_checkpoint)
-from trainer.config import load_config  # noqa: E402
-from trainer.distributed import init_distributed  # noqa: E402
-from trainer.run import make_engine  # noqa: E402
-from trainer.schedule import Schedule  # noqa: E402
+from s5video.trainer.config import load_config  # noqa: E402
+from s5video.trainer.distributed import init_distributed  # noqa: E402
+from s5video.trainer.run import make_engine  # noqa: E402
+from s5video.trainer.schedule import Schedule  # noqa: E402
 
 IN_DIM, TOKENS, GRID = 64, 16, (4, 2, 2)
 

@@ -18,9 +18,9 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-import trainer.checkpoint  # noqa: E402
-from trainer import run  # noqa: E402
-from trainer.main import main  # noqa: E402
+import s5video.trainer.checkpoint  # noqa: E402
+from s5video.trainer import run  # noqa: E402
+from s5video.trainer.main import main  # noqa: E402
 
 def install(fault: str) -> None:
     """Monkeypatch the trainer of this process with ``fault`` (see the module docstring)."""
@@ -61,7 +61,7 @@ def install(fault: str) -> None:
                 os._exit(17)
             return save(obj, f, *a, **kw)
 
-        trainer.checkpoint.torch.save = crashing_save  # the same torch module object: patches torch.save
+        s5video.trainer.checkpoint.torch.save = crashing_save  # the same torch module object: patches torch.save
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

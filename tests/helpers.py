@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from trainer.lifecycle import proc_stat
+from s5video.trainer.lifecycle import proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["run.init_from=null", "model.width=32", "model.depth=2", "model.state_size=8", "data.image_size=64",
@@ -171,8 +171,8 @@ def stub_shards(out: Path, splits: dict[str, int], classes: list[str] | None = N
 def paper_stubs(root: Path) -> dict[str, list[str]]:
     """Per stage of the Kinetics-600 pipeline, the overrides that point it at a stub manifest with the
     config's own splits, classes and task, and at a (stub) ViT-L/16 weights directory."""
-    from launchers.tasks import task_config
-    from trainer.config import load_config
+    from s5video.launchers.tasks import task_config
+    from s5video.trainer.config import load_config
     weights = root / "vit-l16"
     weights.mkdir(parents=True, exist_ok=True)
     pre = load_config(REPO / "configs" / "k600_pretrain.yaml")
@@ -194,10 +194,10 @@ def export_new_model(config: str, overrides: list[str], classes: list[str], out:
     A captioner is first fitted to one caption (on random tokens) so that it says something."""
     import torch
 
-    from models.encoders import create_encoder
-    from models.exported import save_exported
-    from models.factory import build_model, head_classes
-    from trainer.config import load_config, to_dict
+    from s5video.models.encoders import create_encoder
+    from s5video.models.exported import save_exported
+    from s5video.models.factory import build_model, head_classes
+    from s5video.trainer.config import load_config, to_dict
     torch.manual_seed(0)
     cfg = load_config(config, overrides)
     encoder = create_encoder(cfg.model.encoder, None, cfg.model.frame_tokens, cfg.model.spatial_grid)

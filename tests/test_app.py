@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from data.cpu import iter_shard
-from data.sources import resolve_shards
+from s5video.data.cpu import iter_shard
+from s5video.data.sources import resolve_shards
 from tests.helpers import REPO, export_new_model, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

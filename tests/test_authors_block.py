@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.convert import convert_authors_vis4mer, load_authors_vis4mer
-from models.vis4mer import ViS4mer
+from s5video.models.convert import convert_authors_vis4mer, load_authors_vis4mer
+from s5video.models.vis4mer import ViS4mer
 
 H, DEPTH, N, L, CLASSES = 16, 2, 8, 64, 5
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from trainer import compat
+from s5video.trainer import compat
 
 
 def test_installed_versions_are_the_tested_ones():

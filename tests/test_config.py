@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import Config, ConfigError, load_config, save_config
+from s5video.trainer.config import Config, ConfigError, load_config, save_config
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.name != "base.yaml")
 
@@ -79,7 +79,7 @@ def test_trainer_reads_the_world_size_from_slurm_before_the_elastic_check(monkey
     Slurm's task count, not 1."""
     import os
 
-    import trainer.run as run
+    import s5video.trainer.run as run
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     monkeypatch.setattr(os, "environ", {**env, "SLURM_PROCID": "1", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0"})
     seen = []

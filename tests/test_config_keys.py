@@ -9,8 +9,8 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from models.factory import CONFIG_ARGS, PRETRAIN_ARGS
-from trainer.config import Config
+from s5video.models.factory import CONFIG_ARGS, PRETRAIN_ARGS
+from s5video.trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainer", "data", "models", "launchers", "tools")

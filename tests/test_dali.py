@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data import build_loader, choose_backend
-from data.clips import ClipSpec
-from data.dali import DaliVideoLoader
-from data.loader import VideoLoader
+from s5video.data import build_loader, choose_backend
+from s5video.data.clips import ClipSpec
+from s5video.data.dali import DaliVideoLoader
+from s5video.data.loader import VideoLoader
 from tests.test_loader import _same, _take, regroup
 
 

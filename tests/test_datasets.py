@@ -16,9 +16,9 @@ import pytest
 
 from tests import real_formats
 from tests.real_formats import LVU_REAL
-from tools import datasets
-from tools.make_shards import build_parser, collect
-from tools.shardwriter import Item
+from s5video.tools import datasets
+from s5video.tools.make_shards import build_parser, collect
+from s5video.tools.shardwriter import Item
 
 REPO = Path(__file__).resolve().parents[1]
 LVU_DIRS = {task: d for task, (d, _, _) in datasets.LVU_TASKS.items()}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.encoders import EfficientNetLite0, ViTEncoder, create_encoder
+from s5video.models.encoders import EfficientNetLite0, ViTEncoder, create_encoder
 
 # ImageNet-1k class ids (standard label map)
 SUIT, WINDSOR_TIE, STREETCAR = 834, 906, 829

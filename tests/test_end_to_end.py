@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launchers import summary
+from s5video.launchers import summary
 from tests.conftest import run_make_shards
 from tests.helpers import TINY as HELPER_TINY
 

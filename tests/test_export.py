@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from data.clips import ClipSpec
-from data.cpu import iter_shard
-from data.loader import VideoLoader
-from data.sources import resolve_shards
-from models.exported import load_exported
+from s5video.data.clips import ClipSpec
+from s5video.data.cpu import iter_shard
+from s5video.data.loader import VideoLoader
+from s5video.data.sources import resolve_shards
+from s5video.models.exported import load_exported
 from tests.helpers import REPO, finish, launch
-from trainer.evaluate import aggregate_per_video, eval_clip_spec, per_video_predictions
+from s5video.trainer.evaluate import aggregate_per_video, eval_clip_spec, per_video_predictions
 
 
 def _train_and_export(shards: Path, tmp: Path, *overrides: str) -> tuple[Path, Path]:

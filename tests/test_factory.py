@@ -8,18 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import list_models
-from models.factory import CONFIG_ARGS, INPUT_WIDTH, PRETRAIN_ARGS, build_model, model_args
-from models.registry import family_of
-from trainer.config import ModelConfig, load_config
+from s5video.models import list_models
+from s5video.models.factory import CONFIG_ARGS, INPUT_WIDTH, PRETRAIN_ARGS, build_model, model_args
+from s5video.models.registry import family_of
+from s5video.trainer.config import ModelConfig, load_config
 
 
 def test_every_config_argument_is_a_constructor_argument():
-    from models.baselines import BiMambaDecoder, make_attention_baseline
-    from models.captioner import GPT2Captioner
-    from models.heads import MLPHead
-    from models.s5 import S5
-    from models.vis4mer import ViS4mer, ViS4merDecoder
+    from s5video.models.baselines import BiMambaDecoder, make_attention_baseline
+    from s5video.models.captioner import GPT2Captioner
+    from s5video.models.heads import MLPHead
+    from s5video.models.s5 import S5
+    from s5video.models.vis4mer import ViS4mer, ViS4merDecoder
     ctor = {"vis4mer": [ViS4mer, ViS4merDecoder], "s5": [S5], "bimamba": [BiMambaDecoder], "mlp_head": [MLPHead], "gpt2_captioner": [GPT2Captioner],
             **{f: [make_attention_baseline, ViS4merDecoder] for f in ("lst", "lst_full", "performer", "orthoformer")}}
     assert set(CONFIG_ARGS) == {family_of(n) for n in list_models()} == set(ctor)
@@ -28,7 +28,7 @@ def test_every_config_argument_is_a_constructor_argument():
         accepted = {p for c in ctor[family] for p in inspect.signature(c).parameters}
         assert set(mapping) <= fields, family
         assert set(mapping.values()) <= accepted, family
-    from models.lsmcl import LSMCL
+    from s5video.models.lsmcl import LSMCL
     assert set(PRETRAIN_ARGS) <= fields and set(PRETRAIN_ARGS.values()) <= set(inspect.signature(LSMCL).parameters)
 
 
@@ -69,7 +69,7 @@ def test_every_registered_model_trains_from_a_config(width):
 
 @pytest.mark.parametrize("kernel", ["s4", "s4d"])
 def test_s4_kernel_flag_reaches_the_layers(kernel):
-    from models.ssm import S4DKernel, S4Kernel
+    from s5video.models.ssm import S4DKernel, S4Kernel
     cfg = load_config("configs/coin.yaml", [f"model.kernel={kernel}", "model.width=32", "model.state_size=8"])
     model = build_model(cfg.model, in_dim=32, num_classes=3)
     kernels = {type(m) for m in model.modules() if isinstance(m, (S4Kernel, S4DKernel))}

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import build_loader
-from data.clips import ClipSpec
-from data.loader import VideoLoader
-from models.encoders import EfficientNetLite0
+from s5video.data import build_loader
+from s5video.data.clips import ClipSpec
+from s5video.data.loader import VideoLoader
+from s5video.models.encoders import EfficientNetLite0
 from tests.helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_cached_windows_equal_on_the_fly(demo_shards, tmp_path):
 
 
 def test_two_ranks_read_every_record_once_and_resume(demo_shards, tmp_path):
-    from data.features import FeatureLoader, feature_path
+    from s5video.data.features import FeatureLoader, feature_path
     out = tmp_path / "features"
     _run("tools/extract_features.py", "--config", "configs/demo_finetune.yaml", "--out", str(out), "--splits", "train",
          f"data.shards={demo_shards}", *DATA)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from data.cpu import cache_name
-from data.sources import read_manifest
+from s5video.data.cpu import cache_name
+from s5video.data.sources import read_manifest
 from tests.fault_proxy import FaultProxy
 from tests.helpers import finish, launch, repack
 from tests.nginx import Nginx
@@ -66,8 +66,8 @@ def test_train_val_test_from_http_with_local_cache(nginx, demo_shards, tmp_path)
 
 
 def test_remote_shards_choose_the_cpu_backend_and_dali_refuses_them():
-    from data import build_loader, choose_backend
-    from data.clips import ClipSpec
+    from s5video.data import build_loader, choose_backend
+    from s5video.data.clips import ClipSpec
     assert choose_backend("auto", "http://127.0.0.1:9/shards/") == "cpu"
     with pytest.raises(ValueError, match="data.backend=cpu for remote shards"):
         build_loader("dali", "http://127.0.0.1:9/shards/", "train", ClipSpec(mode="train", frames=4, seconds=1.0),

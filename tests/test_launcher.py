@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launchers import submit
-from launchers.slurm_env import master_port, slurm_master_addr
+from s5video.launchers import submit
+from s5video.launchers.slurm_env import master_port, slurm_master_addr
 from tests.helpers import TINY as HELPER_TINY
 from tests.helpers import paper_stubs
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
@@ -57,7 +57,7 @@ def test_dry_run_k600_pretrain_on_4_nodes(stubs):
 def test_dry_run_pipeline_shows_dependent_finetunes(stubs):
     r = cli("--nodes", "4", "pipeline", "--dry-run", *[o for v in stubs.values() for o in v])
     assert r.returncode == 0, r.stderr
-    from trainer.config import load_config
+    from s5video.trainer.config import load_config
     finetunes = load_config(REPO / "configs/k600_pretrain.yaml").launch.finetunes
     assert f"{1 + len(finetunes)} job(s)" in r.stdout
     assert r.stdout.count("depends on: afterok:PRETRAIN_JOB_ID") == len(finetunes)
@@ -205,7 +205,7 @@ def test_slurm_pipeline_finetune_waits_for_pretrain_and_starts_from_it(slurm, de
 
 def test_requeue_limit():
     """TrainJob.checkpoint(): the same job with one more requeue, until launch.max_requeues."""
-    from launchers.job import TrainJob
+    from s5video.launchers.job import TrainJob
     job = TrainJob("configs/demo_pretrain.yaml", ["train.max_steps=3"], str(REPO), max_requeues=2)
     again = job.checkpoint().function
     assert isinstance(again, TrainJob) and again.requeues == 1

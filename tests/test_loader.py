@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.clips import ClipSpec, plan_clips, spatial_transform
-from data.loader import VideoLoader, _stream_states
+from s5video.data.clips import ClipSpec, plan_clips, spatial_transform
+from s5video.data.loader import VideoLoader, _stream_states
 from tests.helpers import repack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,8 +118,8 @@ def test_elastic_resume_reads_each_sample_of_the_pass_once(demo_shards, tmp_path
 
 RANK_SCRIPT = """
 import sys
-from data.loader import VideoLoader, _stream_states
-from data.clips import ClipSpec
+from s5video.data.loader import VideoLoader, _stream_states
+from s5video.data.clips import ClipSpec
 rank, shards = int(sys.argv[1]), sys.argv[2]
 L = VideoLoader(shards, "train", ClipSpec(mode="train", frames=2, seconds=1.0), batch_size=4, image_size=32,
                 rank=rank, world=2, num_workers=2, seed=0)

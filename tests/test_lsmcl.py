@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from models.lsmcl import LSMCL, info_nce, random_token_mask
-from models.s5 import S5
+from s5video.models.lsmcl import LSMCL, info_nce, random_token_mask
+from s5video.models.s5 import S5
 
 
 def poster_loss(q: torch.Tensor, k: torch.Tensor, rho: float) -> torch.Tensor:
@@ -151,8 +151,8 @@ def test_trainer_alternates_the_query_and_key_roles():
     Read from the gradients: only the query branch is differentiated (the key encoder runs without
     gradient), so exactly one of the two inputs gets a gradient, and which one alternates."""
     from tests.helpers import REPO
-    from trainer.config import load_config
-    from trainer.run import Trainer
+    from s5video.trainer.config import load_config
+    from s5video.trainer.run import Trainer
     torch.manual_seed(0)
     t = Trainer(load_config(REPO / "configs/demo_pretrain.yaml", []))
     assert t.cfg.run.mode == "pretrain"

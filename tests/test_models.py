@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import create_model, list_models
-from models.heads import multi_hot, task_loss
-from models.s5 import S5, gumbel_topk
-from models.vis4mer import ViS4mer
+from s5video.models import create_model, list_models
+from s5video.models.heads import multi_hot, task_loss
+from s5video.models.s5 import S5, gumbel_topk
+from s5video.models.vis4mer import ViS4mer
 
 
 def test_registry_lists_and_builds_debug_flavours():
@@ -49,7 +49,7 @@ def test_pooling_stops_at_one_token():
 
 
 def test_max_st_pool_is_spatial_max_per_frame():
-    from models.vis4mer import pool_tokens
+    from s5video.models.vis4mer import pool_tokens
     x = torch.randn(2, 3 * 4 * 4, 5)
     y, grid = pool_tokens(x, "max_st", (3, 4, 4))
     ref = x.view(2, 3, 2, 2, 2, 2, 5).amax(dim=(3, 5)).reshape(2, 12, 5)  # (B, T, h/2, 2, w/2, 2, D)
@@ -58,7 +58,7 @@ def test_max_st_pool_is_spatial_max_per_frame():
 
 @pytest.mark.parametrize("L", [2, 7, 10])
 def test_avg1d_pool_is_avgpool1d(L):
-    from models.vis4mer import pool_tokens
+    from s5video.models.vis4mer import pool_tokens
     x = torch.randn(2, L, 5, requires_grad=True)
     y, _ = pool_tokens(x, "avg1d", None)
     ref = torch.nn.AvgPool1d(2)(x.transpose(1, 2)).transpose(1, 2)  # the public code's pooling
@@ -230,7 +230,7 @@ def _exact_attention(q, k, v):
 def test_performer_estimates_softmax_attention_within_favor_error():
     """FAVOR+ (Choromanski et al. 2021) is an unbiased Monte-Carlo estimate of the softmax kernel:
     its error against exact attention shrinks like 1/sqrt(m) in the number of random features."""
-    from models.attention import PerformerAttention, SelfAttention
+    from s5video.models.attention import PerformerAttention, SelfAttention
     torch.manual_seed(0)
     exact = SelfAttention(32, 2).eval()
     x = torch.randn(4, 64, 32)
@@ -254,7 +254,7 @@ def test_performer_estimates_softmax_attention_within_favor_error():
 def test_orthoformer_landmarks_and_exact_limit():
     """Landmarks follow Algorithm 1 (checked against a plain loop); with every query a landmark and
     orthogonal, large queries, softmax(Q P^T) is the identity and the result is exact attention."""
-    from models.attention import orthoformer, orthogonal_landmarks
+    from s5video.models.attention import orthoformer, orthogonal_landmarks
     torch.manual_seed(0)
     q = torch.randn(3, 20, 8)
     idx = orthogonal_landmarks(q, 6, first=torch.tensor([0, 5, 19]))

@@ -112,8 +112,8 @@ def test_carve_is_made_from_what_was_sharded(tmp_path):
 
 
 def test_carve_keeps_single_video_classes_and_says_when_it_cannot():
-    from tools.datasets import carve_val
-    from tools.shardwriter import Item
+    from s5video.tools.datasets import carve_val
+    from s5video.tools.shardwriter import Item
     one_each = [Item(key=f"k{c}", path="x", split="train", label=c, group=f"g{c}") for c in range(3)]
     info = carve_val(one_each, 0.5)
     assert info["videos"] == 0 and "single one" in info["reason"] and {i.split for i in one_each} == {"train"}
@@ -230,10 +230,10 @@ def test_a_run_dir_belongs_to_one_run(finetuned, demo_shards, tmp_path):
 
 
 def test_init_from_another_class_count_reinitialises_the_head(finetuned, tmp_path, capsys):
-    from models.factory import build_model, head_classes
-    from trainer.config import ConfigError, load_config
-    from trainer.preflight import _check_init_from
-    from trainer.run import Trainer
+    from s5video.models.factory import build_model, head_classes
+    from s5video.trainer.config import ConfigError, load_config
+    from s5video.trainer.preflight import _check_init_from
+    from s5video.trainer.run import Trainer
     cfg = load_config(REPO / "configs/demo_finetune.yaml", [*TINY, f"run.init_from={finetuned}"])
     t = Trainer(cfg)
     t.rank = 0
@@ -337,9 +337,9 @@ def test_predict_answers_what_make_shards_accepts(exported, tmp_path):
 def test_predict_streams_windows_like_evaluation(exported, tmp_path):
     """The streamed windows equal evaluation's: plan_clips' windows over every decoded frame
     (data.cpu.decode_video), the evaluation transform, the exported model - computed here."""
-    from data.clips import ClipSpec, plan_clips, spatial_transform
-    from data.cpu import decode_video
-    from models.exported import load_exported
+    from s5video.data.clips import ClipSpec, plan_clips, spatial_transform
+    from s5video.data.cpu import decode_video
+    from s5video.models.exported import load_exported
     video = lavfi(tmp_path / "v.mp4", "testsrc2", 3.7, 10)
     rc, (ans,), err, _ = _predict(exported, video, stride="0.3")
     assert rc == 0, err

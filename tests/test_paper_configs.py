@@ -21,7 +21,7 @@ import yaml
 
 from tests import real_formats
 from tests.helpers import TINY, stub_shards
-from tools.datasets import LVU_TASKS
+from s5video.tools.datasets import LVU_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [o for o in TINY if not o.startswith("run.init_from")] + [

@@ -16,7 +16,7 @@ import torch
 import webdataset as wds
 
 from tests.helpers import finish, launch, repack, train_losses
-from trainer.checkpoint import complete_checkpoints, consolidated_weights, resolve_resume
+from s5video.trainer.checkpoint import complete_checkpoints, consolidated_weights, resolve_resume
 
 FAST = ["train.eval_every_steps=1000", "checkpoint.every_steps=1000"]
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.encoders import create_encoder
-from models.heads import MLPHead
-from models.videomamba import BiMamba, VideoMamba
+from s5video.models.encoders import create_encoder
+from s5video.models.heads import MLPHead
+from s5video.models.videomamba import BiMamba, VideoMamba
 
 
 def _direction_by_recurrence(m: BiMamba, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_caption_metrics_equal_their_formulas():
     import math
     from collections import Counter
 
-    from trainer.evaluate import caption_metrics
+    from s5video.trainer.evaluate import caption_metrics
     hyps = ["a person opens a box", "a man is sitting on the sofa"]
     refs = ["a person opens a box on the table", "a man sits on the sofa"]
 
@@ -141,7 +141,7 @@ def test_caption_metrics_equal_their_formulas():
 def test_gpt2_captioner_learns_captions_and_decodes_them_greedy_and_by_beam(frame_tokens, length):
     """Video tokens (B, L, D) of two clips -> their captions after training, by greedy decoding and
     by beam search; L = 1 (CLS only) or all hidden states, through cross-attention."""
-    from models.registry import create_model
+    from s5video.models.registry import create_model
     torch.manual_seed(0)
     model = create_model("gpt2_captioner_debug", d_model=16, max_tokens=32)
     assert len(model.tokenizer) == 257 and model.gpt.config.add_cross_attention

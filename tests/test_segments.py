@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.clips import ClipSpec, num_segments, plan_clips, sample_rng, segment_indices
+from s5video.data.clips import ClipSpec, num_segments, plan_clips, sample_rng, segment_indices
 from tests.helpers import REPO, TINY
 
 SEG = 0.5  # seconds: the demo's videos are a few seconds long, so that some have more segments than T
@@ -127,7 +127,7 @@ def test_feature_cache_draws_the_segments_the_video_path_would(demo_shards, tmp_
     each video once per epoch as the T segments ``segment_indices`` draws for (seed, epoch, video),
     re-drawn every epoch. The evaluation cache (uniform segments, planned on the video path) equals
     the per-segment cache of the same videos at the uniform indices."""
-    from data.features import FeatureLoader
+    from s5video.data.features import FeatureLoader
     T = 3  # the demo's training videos have 3-4 segments of 0.5 s: draws among them, and stretches
     cfg = ["--config", "configs/demo_finetune.yaml", f"data.shards={demo_shards}", *TINY, *DATA, f"data.frames={T}"]
     every, uniform = tmp_path / "every", tmp_path / "uniform"
@@ -195,7 +195,7 @@ def test_feature_cache_draws_the_segments_the_video_path_would(demo_shards, tmp_
 
 
 def test_a_segments_finetune_runs_on_video_and_on_the_cache(demo_shards, tmp_path):
-    from trainer.config import ConfigError, load_config
+    from s5video.trainer.config import ConfigError, load_config
     run = tmp_path / "run"
     base = ["--config", "configs/demo_finetune.yaml", f"data.shards={demo_shards}", *TINY, *DATA]
     _run("trainer/main.py", *base, f"run.dir={run}", "train.max_steps=2", "train.eval_every_steps=100",
@@ -226,11 +226,11 @@ def _predict_matches_the_segments_evaluation(run: Path, shards: Path, tmp_path: 
     evaluation clip of the same shard sample)."""
     from types import SimpleNamespace
 
-    from data.cpu import iter_shard
-    from data.loader import VideoLoader
-    from data.sources import resolve_shards
-    from models.exported import load_exported
-    from trainer.evaluate import eval_clip_spec
+    from s5video.data.cpu import iter_shard
+    from s5video.data.loader import VideoLoader
+    from s5video.data.sources import resolve_shards
+    from s5video.models.exported import load_exported
+    from s5video.trainer.evaluate import eval_clip_spec
     model_path = tmp_path / "segments.safetensors"
     _run("tools/export.py", str(run), "--out", str(model_path))
     model = load_exported(model_path)

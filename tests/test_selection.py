@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.s5 import S5
+from s5video.models.s5 import S5
 
 
 def _st_logit_grad(logits: torch.Tensor, g: torch.Tensor, tau: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from models.ssm import (S4, ChannelDropout, S4DKernel, S4Kernel, fft_conv, hippo_legs_nplr, ssm_conv_gelu,
+from s5video.models.ssm import (S4, ChannelDropout, S4DKernel, S4Kernel, fft_conv, hippo_legs_nplr, ssm_conv_gelu,
                         ssm_param_groups)
 
 
@@ -247,7 +247,7 @@ def test_channel_dropout_drops_whole_channels():
 def test_as_complex_of_a_misaligned_view():
     """ZeRO-3 may hand a (N, 2) parameter as a view at an odd offset of a flat buffer, which
     torch.view_as_complex refuses: as_complex copies then, and gradients reach the buffer."""
-    from models.ssm import as_complex
+    from s5video.models.ssm import as_complex
     buf = torch.randn(9, dtype=torch.float64, requires_grad=True)
     view = buf[1:9].view(4, 2)
     with pytest.raises(RuntimeError, match="storage_offset"):

@@ -17,8 +17,8 @@ import torch
 
 from tests.helpers import (EXIT_WITHIN_S, REPO, TINY, finish, free_port, kill_tree, launch, process_tree, repack,
                            train_loss_rows, train_losses, wait_gone)
-from trainer.checkpoint import complete_checkpoints, consolidated_weights, prepare_elastic
-from trainer.config import ConfigError
+from s5video.trainer.checkpoint import complete_checkpoints, consolidated_weights, prepare_elastic
+from s5video.trainer.config import ConfigError
 
 LR = ["train.lr=3e-3", "train.ssm_lr=3e-3"]  # on top of tests.helpers.TINY, which launch() adds
 
@@ -229,7 +229,7 @@ def test_elastic_pretrain_2_to_1_ranks_reads_each_sample_of_the_pass_once(demo_s
     run = tmp_path / "run"
     common = ["train.zero_stage=3", "checkpoint.every_steps=1000", "logging.sample_keys=true"]
     finish(launch(run, shards, *common, "train.max_steps=3", config="configs/demo_pretrain.yaml"), run_dir=run)
-    from launchers import submit
+    from s5video.launchers import submit
     args = ["--local", "--nodes", "1", "--tasks-per-node", "1", "pretrain", "--config", "configs/demo_pretrain.yaml",
             f"data.shards={shards}", f"run.dir={run}", *TINY]  # the same model: run.dir holds its checkpoints
     assert "(saved by 2 ranks) on 1 ranks" in submit.plan(submit.build_parser().parse_args(args))[0].elastic
@@ -275,7 +275,7 @@ def test_deepspeed_launcher_starts_two_cpu_ranks_and_leaves_no_shared_memory(dem
     """Under the deepspeed launcher (it sets LOCAL_SIZE) DeepSpeed maps one /dev/shm buffer per rank,
     named by MASTER_ADDR and MASTER_PORT. A stale one of a dead run on the same port (garbage in it) is
     taken over safely, and none is left when the run ends."""
-    from trainer.lifecycle import SHM_DIR, shm_buffer_name
+    from s5video.trainer.lifecycle import SHM_DIR, shm_buffer_name
     run, port = tmp_path / "run", free_port()
     stale = [SHM_DIR / shm_buffer_name(r, "127.0.0.1", str(port)) for r in range(2)]
     for f in stale:

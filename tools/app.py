@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script from a checkout: import s5video from it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
@@ -35,7 +36,7 @@ def exported(path: str) -> str:
     out = p / "export" / "model.safetensors"
     results = p / "results.json"
     if not out.exists() or (results.exists() and results.stat().st_mtime > out.stat().st_mtime):
-        from tools.export import main as export_main
+        from s5video.tools.export import main as export_main
         out.parent.mkdir(exist_ok=True)
         if export_main([str(p), "--out", str(out)]) != 0:
             raise FileNotFoundError(f"{path}: export failed")
@@ -48,7 +49,7 @@ def build_app(model, captioner=None, threshold: float = 0.5):
     import gradio as gr
     import torch
 
-    from tools.predict import answer_video
+    from s5video.tools.predict import answer_video
 
     names = model.classes or []
     clip_s = model.config["data"]["clip_seconds"]
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from models.exported import load_exported
+    from s5video.models.exported import load_exported
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = load_exported(exported(a.model), None, device)

@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tools.shardwriter import Item, sanitize_key
+from s5video.tools.shardwriter import Item, sanitize_key
 
 
 class DatasetError(ValueError):

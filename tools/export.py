@@ -17,13 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script from a checkout: import s5video from it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import yaml  # noqa: E402
 
-from models.factory import model_weights  # noqa: E402
-from models.exported import save_exported  # noqa: E402
-from trainer.checkpoint import complete_checkpoints, consolidated_weights  # noqa: E402
+from s5video.models.factory import model_weights  # noqa: E402
+from s5video.models.exported import save_exported  # noqa: E402
+from s5video.trainer.checkpoint import complete_checkpoints, consolidated_weights  # noqa: E402
 
 
 def select(run: Path, which: str) -> tuple[Path, str, dict]:
@@ -52,7 +53,7 @@ def class_names(run: Path, config: dict) -> list[str]:
     if results.get("classes"):
         return list(results["classes"])
     try:
-        from data.sources import read_manifest
+        from s5video.data.sources import read_manifest
         return list(read_manifest(config["data"]["shards"]).get("classes") or [])
     except (OSError, ValueError):
         return []

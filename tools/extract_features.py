@@ -32,14 +32,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.clips import ClipSpec  # noqa: E402
-from data.features import feature_path, write_feature_cache  # noqa: E402
-from data.loader import VideoLoader  # noqa: E402
-from data.sources import read_manifest  # noqa: E402
-from models.encoders import create_encoder  # noqa: E402
-from trainer.config import ConfigError, load_config  # noqa: E402
-from trainer.evaluate import eval_clip_spec  # noqa: E402
-from trainer.preflight import splits_read  # noqa: E402
+from s5video.data import build_loader, loader_kwargs  # noqa: E402
+from s5video.data.clips import ClipSpec  # noqa: E402
+from s5video.data.features import feature_path, write_feature_cache  # noqa: E402
+from s5video.data.loader import VideoLoader  # noqa: E402
+from s5video.data.sources import read_manifest  # noqa: E402
+from s5video.models.encoders import create_encoder  # noqa: E402
+from s5video.trainer.config import ConfigError, load_config  # noqa: E402
+from s5video.trainer.evaluate import eval_clip_spec  # noqa: E402
+from s5video.trainer.preflight import splits_read  # noqa: E402
 
 
 def window_records(loader: VideoLoader, encoder, device: str):
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             spec = ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride)
         else:
             spec = eval_clip_spec(d)
-        loader = VideoLoader(d.shards, split, spec, batch_size=a.batch_size, image_size=d.image_size,
-                             mean=encoder.mean, std=encoder.std, num_workers=min(2, d.num_workers), task=task,
-                             num_classes=num_classes, finite=True)
+        loader = build_loader("cpu", d.shards, split, spec, **loader_kwargs(
+            cfg, mean=encoder.mean, std=encoder.std, batch_size=a.batch_size, num_workers=min(2, d.num_workers),
+            task=task, num_classes=num_classes, finite=True, features=None))
         clips = spec.mode if spec.mode in ("windows", "all_segments") else (
             "segments" if spec.sampling == "segments" else spec.val_clip)
         meta = {"split": split, "clips": clips, "frames": d.frames, "sampling": d.sampling,

@@ -41,10 +41,10 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from data.clips import segment_indices  # noqa: E402
-from data.features import feature_path, write_feature_cache  # noqa: E402
-from tools.datasets import carve_val  # noqa: E402
-from tools.shardwriter import Item  # noqa: E402
+from s5video.data.clips import segment_indices  # noqa: E402
+from s5video.data.features import feature_path, write_feature_cache  # noqa: E402
+from s5video.tools.datasets import carve_val  # noqa: E402
+from s5video.tools.shardwriter import Item  # noqa: E402
 
 
 class FeatureImportError(ValueError):

@@ -32,8 +32,8 @@ import sys
 if __package__ in (None, ""):  # `python tools/make_shards.py` from a checkout without install
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import datasets  # noqa: E402
-from tools.shardwriter import EncodeOptions, make_shards  # noqa: E402
+from s5video.tools import datasets  # noqa: E402
+from s5video.tools.shardwriter import EncodeOptions, make_shards  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

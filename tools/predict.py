@@ -30,14 +30,15 @@ import os
 import sys
 from typing import Iterator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script from a checkout: import s5video from it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.clips import num_segments, segment_frames, segment_indices, spatial_transform  # noqa: E402
-from models.exported import ExportedModel, load_exported  # noqa: E402
+from s5video.data.clips import num_segments, segment_frames, segment_indices, spatial_transform  # noqa: E402
+from s5video.models.exported import ExportedModel, load_exported  # noqa: E402
 
 
 # containers that hold pictures, not video (FFmpeg's image demuxers)
@@ -80,6 +81,14 @@ def decoded_frames(source: str | bytes, counts: dict) -> Iterator[av.VideoFrame]
 
 
 @torch.no_grad()
+def check_frame_count(n: int) -> None:
+    """Raises ValueError for a decode of ``n`` frames that is no video: none, or a single one (an image)."""
+    if n == 0:
+        raise ValueError("no frame decoded")
+    if n == 1:
+        raise ValueError("a single frame: an image, not a video")
+
+
 def predict_segments(model: ExportedModel, source: str | bytes) -> dict:
     """Scores of one video for a model trained on ``data.sampling: segments``: one clip of
     ``data.frames`` segment centre frames uniformly spaced over the whole decoded video, as its
@@ -94,10 +103,7 @@ def predict_segments(model: ExportedModel, source: str | bytes) -> dict:
         n = sum(1 for _ in decoded_frames(source, counts))  # pass 1: the decoded frame count
     except av.error.FFmpegError as e:
         raise ValueError(f"decoding failed: {e}") from None
-    if n == 0:
-        raise ValueError("no frame decoded")
-    if n == 1:
-        raise ValueError("a single frame: an image, not a video")
+    check_frame_count(n)
     fps, T, seg_s = counts["fps"], int(d["frames"]), float(d["segment_seconds"])
     idx = segment_frames(segment_indices(num_segments(n / fps, seg_s), T, train=False), seg_s, fps, n)  # (T,)
     kept: dict[int, torch.Tensor] = {}
@@ -192,10 +198,7 @@ def predict_video(model: ExportedModel, source: str | bytes, stride: float | Non
                 del kept[j]
     except av.error.FFmpegError as e:
         raise ValueError(f"decoding failed: {e}") from None
-    if n == 0:
-        raise ValueError("no frame decoded")
-    if n == 1:
-        raise ValueError("a single frame: an image, not a video")
+    check_frame_count(n)
     fps = counts["fps"]
     dur = n / fps
     while next_k * stride <= max(dur - S, 0.0) + 1e-6:  # windows whose first frame lies past the end

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.compat import ds_model_states_files, ds_stop_universal_loads, ds_to_universal
+from s5video.trainer.compat import ds_model_states_files, ds_stop_universal_loads, ds_to_universal
 
 
 def _barrier() -> None:

@@ -52,7 +52,7 @@ def init_distributed() -> DistInfo:
     import deepspeed
     import torch
 
-    from trainer.config import ConfigError
+    from s5video.trainer.config import ConfigError
 
     info = env_rank_world()
     if torch.cuda.is_available():

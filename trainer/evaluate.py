@@ -9,8 +9,8 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
-from data import build_loader
-from data.clips import ClipSpec
+from s5video.data import build_loader, loader_kwargs
+from s5video.data.clips import ClipSpec
 
 
 SELECTION_METRIC = {"classification": "top1", "multilabel": "mAP", "regression": "mse", "captioning": "loss"}
@@ -129,12 +129,10 @@ def evaluate_split(trainer, split: str, details: bool = False, stride: float | N
     d = cfg.data
     features = d.backend == "features"
     loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d, stride),
-                          batch_size=d.batch_size, image_size=d.image_size,
-                          mean=trainer.mean, std=trainer.std, rank=trainer.rank, world=trainer.world,
                           # decoded in this process: no worker start-up per evaluation
-                          seed=cfg.run.seed, num_workers=0, task=cfg.model.task,
-                          num_classes=trainer.num_classes, finite=True, features=d.features,
-                          cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
+                          **loader_kwargs(cfg, mean=trainer.mean, std=trainer.std, rank=trainer.rank,
+                                          world=trainer.world, num_workers=0, finite=True,
+                                          num_classes=trainer.num_classes))
     if cfg.model.task == "captioning":
         return evaluate_captions(trainer, loader, details)
     engine = trainer.engine
@@ -159,7 +157,7 @@ def evaluate_split(trainer, split: str, details: bool = False, stride: float | N
             outs.append(out.float().cpu())
             labs.append(batch["label"])
     engine.train()
-    bad_shards = loader.bad_shards() if hasattr(loader, "bad_shards") else 0
+    bad_shards = loader.bad_shards()
     local = (ids, torch.cat(outs) if outs else None, torch.cat(labs) if labs else None, bad_shards)
     parts = [None] * trainer.world if dist.is_initialized() else [local]
     if dist.is_initialized():
@@ -169,7 +167,7 @@ def evaluate_split(trainer, split: str, details: bool = False, stride: float | N
         return ({}, {}) if details else {}
     out = torch.cat([p[1] for p in parts if p[1] is not None])
     lab = torch.cat([p[2] for p in parts if p[2] is not None])
-    from models.heads import task_loss
+    from s5video.models.heads import task_loss
     metrics = {"loss": task_loss(cfg.model.task, out, lab).item()}
     scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
     metrics.update(compute_metrics(scores, vlabels, cfg.model.task, trainer.num_classes))

@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from trainer.compat import ds_shm_buffer_name
+from s5video.trainer.compat import ds_shm_buffer_name
 
 log = logging.getLogger("s5video.lifecycle")
 

@@ -16,7 +16,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "trainer"):
     sys.path[0] = _REPO  # `python trainer/main.py`: import the packages, not trainer/'s modules
 
-from trainer.config import ConfigError, load_config  # noqa: E402
+from s5video.trainer.config import ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,7 +30,7 @@ def parse_args(argv=None):
 def make_trainer(config: str, overrides: list[str]):
     """A :class:`trainer.run.Trainer` for ``config`` + ``overrides`` (raises ConfigError first)."""
     cfg = load_config(config, overrides)
-    from trainer.run import Trainer  # heavy imports after the config is known to be valid
+    from s5video.trainer.run import Trainer  # heavy imports after the config is known to be valid
 
     return Trainer(cfg, config)
 

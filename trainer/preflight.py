@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from trainer.config import Config, ConfigError
+from s5video.trainer.config import Config, ConfigError
 
 
 def splits_read(cfg: Config) -> dict[str, str]:
@@ -28,7 +28,7 @@ def splits_read(cfg: Config) -> dict[str, str]:
 def _manifest(shards: str) -> dict | None:
     """The manifest of a make_shards output directory or URL (None for a bare shard pattern)."""
     if "://" in shards or os.path.isdir(shards):
-        from data.sources import read_manifest
+        from s5video.data.sources import read_manifest
         try:
             return read_manifest(shards)
         except FileNotFoundError as e:  # its message names data.shards and the fix
@@ -81,7 +81,7 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
     if m.encoder_weights and not Path(m.encoder_weights).exists():
         raise ConfigError(f"model.encoder_weights: {m.encoder_weights} does not exist; give a local checkpoint of "
                           f"{m.encoder}, or model.encoder_weights=null for the packaged default")
-    from models.encoders import ENCODERS
+    from s5video.models.encoders import ENCODERS
     if m.encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {m.encoder!r} not allowed; allowed values: {', '.join(ENCODERS)}")
     if ENCODERS[m.encoder].needs_weights and not m.encoder_weights and d.backend != "features":  # cached: no encoder
@@ -105,7 +105,7 @@ def elastic_resume(cfg: Config, world: int) -> str | None:
     cannot resume at another world size (``data.backend=dali``): caught before a job queues."""
     import torch
 
-    from trainer.checkpoint import checkpoint_world, resolve_resume
+    from s5video.trainer.checkpoint import checkpoint_world, resolve_resume
     ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
     if ckpt is None or checkpoint_world(ckpt) == world:
         return None
@@ -223,7 +223,7 @@ _WEIGHT_SHAPE_KEYS = ("name", "encoder", "frame_tokens", "spatial_grid", "width"
 def _check_init_from(cfg: Config, path: Path) -> None:
     """``run.init_from`` must be able to load: its model (pretraining or finetune run) has the same
     architecture keys as this one; the classification head may differ (it is reinitialised)."""
-    from trainer.checkpoint import resolve_resume
+    from s5video.trainer.checkpoint import resolve_resume
     ckpt = resolve_resume("auto", str(path)) if (path / "checkpoints").is_dir() else path
     try:
         saved = json.loads((ckpt / "meta.json").read_text()).get("config", {}).get("model", {})
@@ -239,8 +239,8 @@ def _check_init_from(cfg: Config, path: Path) -> None:
 def _check_model(cfg: Config) -> None:
     """The model name, and token choices the decoder can run on: max_st pooling needs the tokens on
     their (T, H', W') grid, which CLS + patch tokens, LSMCL's random masks and S5's selection lose."""
-    from models.encoders import ENCODERS
-    from models.registry import family_of
+    from s5video.models.encoders import ENCODERS
+    from s5video.models.registry import family_of
     m = cfg.model
     try:
         family = family_of(m.name)
@@ -266,8 +266,8 @@ def _check_model(cfg: Config) -> None:
     if family == "s5" and m.pool == "max_st":
         raise ConfigError("model.pool: 'max_st' is not allowed for S5 (its selected tokens are no longer on a grid); "
                           "allowed values: avg1d, none, null (= avg1d)")
-    from models.factory import CONFIG_ARGS
-    from models.vis4mer import BLOCK_POOL
+    from s5video.models.factory import CONFIG_ARGS
+    from s5video.models.vis4mer import BLOCK_POOL
     pool = (m.pool or {"s5": "avg1d"}.get(family, BLOCK_POOL[m.block])) if "pool" in CONFIG_ARGS[family] else None
     if pool == "max_st" and m.frame_tokens == "cls+patch":
         raise ConfigError(f"model.pool: max_st (set, or the default of model.block={m.block}) needs tokens on a grid; "
@@ -278,7 +278,7 @@ def _check_model(cfg: Config) -> None:
 
 
 def _check_features(cfg: Config) -> None:
-    from data.features import feature_path
+    from s5video.data.features import feature_path
     if not cfg.data.features:
         raise ConfigError("data.features: data.backend=features needs the cache directory written by "
                           "tools/extract_features.py")

@@ -15,22 +15,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import build_loader
-from data.clips import ClipSpec
-from models.encoders import create_encoder
-from models.factory import build_model, head_classes, load_model_weights, model_weights
-from models.heads import task_loss
-from models.ssm import ssm_param_groups
-from trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
+from s5video.data import build_loader, loader_kwargs
+from s5video.data.clips import ClipSpec
+from s5video.models.encoders import create_encoder
+from s5video.models.factory import build_model, head_classes, load_model_weights, model_weights
+from s5video.models.heads import task_loss
+from s5video.models.ssm import ssm_param_groups
+from s5video.trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
                                 resolve_resume, rng_state, save_best, save_checkpoint, set_rng_state)
-from trainer.config import Config, ConfigError, save_config, to_dict
-from trainer.distributed import env_rank_world, init_distributed
-from trainer.evaluate import SELECTION_METRIC
-from trainer.optim import GatedAdamW, GatedLambdaLR, TrainState, skip_update, zeros_like_batch
-from trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
-from trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
-from trainer.schedule import resolve_schedule, warmup_cosine
-from trainer.logs import MetricsLogger, SampleKeyLog, console_line, plot_confusion, plot_curves
+from s5video.trainer.config import Config, ConfigError, save_config, to_dict
+from s5video.trainer.distributed import env_rank_world, init_distributed
+from s5video.trainer.evaluate import SELECTION_METRIC
+from s5video.trainer.optim import GatedAdamW, GatedLambdaLR, TrainState, skip_update, zeros_like_batch
+from s5video.trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
+from s5video.trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
+from s5video.trainer.schedule import resolve_schedule, warmup_cosine
+from s5video.trainer.logs import MetricsLogger, SampleKeyLog, console_line, plot_confusion, plot_curves
 
 # Signals that make the trainer save at the next step boundary and exit 0: SIGTERM (Slurm
 # preemption/scancel, a user's kill) and SIGUSR2 (Slurm's --signal=USR2@90 before the time limit,
@@ -95,7 +95,7 @@ class Trainer:
             return self._run()
         except BaseException:
             self.deadline.arm(EXIT_DEADLINE_S, "the run failed")
-            if self.loader is not None and hasattr(self.loader, "close"):
+            if self.loader is not None:
                 self.loader.close()
             raise
 
@@ -136,7 +136,7 @@ class Trainer:
             self.print("train.precision: bf16 requested but no GPU: training in fp32")
 
         if cfg.data.backend == "features":  # cached tokens: no video decoding, no encoder
-            from data.features import feature_path
+            from s5video.data.features import feature_path
             self.encoder, self.mean, self.std = None, (0.5,) * 3, (0.5,) * 3
             meta = json.loads(Path(feature_path(cfg.data.features, cfg.data.train_split) + ".json").read_text())
             per_record = meta["num_tokens"] * (meta["frames"] if meta.get("clips") == "all_segments" else 1)
@@ -265,11 +265,8 @@ class Trainer:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds, sampling=d.sampling,
                             segment_seconds=d.segment_seconds)
         backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
-        return build_loader(backend, d.shards, d.train_split, spec, features=d.features,
-                            batch_size=d.batch_size, image_size=d.image_size, mean=self.mean,
-                            std=self.std, rank=self.rank, world=self.world, seed=self.cfg.run.seed,
-                            num_workers=d.num_workers, task=cfg.model.task, num_classes=cfg.model.num_classes,
-                            cache_dir=d.cache_dir, cache_gb=d.cache_size_gb)
+        return build_loader(backend, d.shards, d.train_split, spec,
+                            **loader_kwargs(cfg, mean=self.mean, std=self.std, rank=self.rank, world=self.world))
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -377,7 +374,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, details: bool = False, stride: float | None = None):
-        from trainer.evaluate import evaluate_split
+        from s5video.trainer.evaluate import evaluate_split
         return evaluate_split(self, split, details, stride)
 
     def evaluate_strides(self, step: int, test: dict) -> dict:
@@ -454,9 +451,7 @@ class Trainer:
     def count_bad_data(self) -> tuple[int, int]:
         """(undecodable training samples, unreadable training shards) skipped by all ranks so far:
         the loaders' counts, summed over ranks (a shard is counted once per pass that failed it)."""
-        counts = [float(getattr(self.loader, f)()) if hasattr(self.loader, f) else 0.0
-                  for f in ("bad_samples", "bad_shards")]
-        n = torch.tensor(counts, device=self.device)
+        n = torch.tensor([float(self.loader.bad_samples()), float(self.loader.bad_shards())], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(n, op=dist.ReduceOp.SUM)
         return int(n[0].item()), int(n[1].item())
@@ -486,8 +481,7 @@ class Trainer:
         process group, within EXIT_DEADLINE_S (else stacks are dumped and the process exits 1)."""
         self.deadline.arm(EXIT_DEADLINE_S, f"rank {self.rank} finished (exit code {code})")
         self.launcher_watch.stop()
-        if hasattr(self.loader, "close"):
-            self.loader.close()
+        self.loader.close()
         self.log.close()
         self.sample_log.close()
         self.engine.destroy()  # before the process group: ZeRO-3 otherwise may abort at exit on CPU

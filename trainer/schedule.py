@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from trainer.config import Config, ConfigError
+from s5video.trainer.config import Config, ConfigError
 
 
 @dataclass(frozen=True)
