@@ -31,8 +31,8 @@ SMALL = [o for o in TINY if not o.startswith("run.init_from")] + [
     "data.short_seconds=1.0"]
 ONE_RANK = ["--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1"]
 SHARD = ["--fps", "4", "--short-side", "64", "--workers", "2", "--no-progress"]
-# The nine LVU configs differ only in task, class count and target; the default run trains three
-# (a classification task with ViS4mer's max_st, both regressions); `make test-slow` runs the six others.
+# The nine LVU configs differ only in task, class count and target; the default run trains one (a
+# regression; tests/conftest.py SLOW), `make test-slow` the others.
 LVU_DEFAULT = ("relationship", "like", "view")
 CASES = [("k600_pretrain", "kinetics", None), ("coin", "coin", None), ("breakfast", "breakfast", None),
          ("charades", "charades", None), ("charades_videomamba", "charades", None),

@@ -5,6 +5,7 @@ batch whose output is dropped) so collective forwards (ZeRO-3) never hang."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -28,37 +29,6 @@ def caption_metrics(hypotheses: list[str], references: list[str]) -> dict:
     for k in ("rouge1", "rouge2"):
         m[f"{k}_f"] = sum(s[k].fmeasure for s in scores) / max(1, len(scores))
     return m
-
-
-@torch.no_grad()
-def evaluate_captions(trainer, loader, details: bool):
-    """A captioner on the clips of ``loader``: teacher-forced loss per clip, and one generated caption per video
-    (its first clip) scored against the video's caption. Every rank decodes its own videos (ZeRO 0-2:
-    no collective inside forward), the rows are gathered."""
-    engine = trainer.engine
-    engine.eval()
-    rows, losses = {}, []
-    for batch in loader:
-        tokens = trainer.tokens(batch, "video")  # (B, L, D)
-        losses.append((engine(tokens, grid=trainer.grid, captions=list(batch["caption"])).item(), len(tokens)))
-        first = [i for i, v in enumerate(batch["video_id"]) if v not in rows]
-        if first:
-            caps = engine.module.caption(tokens[first])
-            for i, c in zip(first, caps):
-                rows[batch["video_id"][i]] = {"video_id": batch["video_id"][i], "reference": batch["caption"][i],
-                                              "caption": c}
-    engine.train()
-    local = (list(rows.values()), losses)
-    parts = [None] * trainer.world if dist.is_initialized() else [local]
-    if dist.is_initialized():
-        dist.all_gather_object(parts, local)
-    rows = list({r["video_id"]: r for p in parts for r in p[0]}.values())
-    n = sum(w for p in parts for _, w in p[1])
-    if not rows:
-        return ({}, {}) if details else {}
-    metrics = {"loss": sum(l * w for p in parts for l, w in p[1]) / max(1, n),
-               **caption_metrics([r["caption"] for r in rows], [r["reference"] for r in rows]), "videos": len(rows)}
-    return (metrics, {"predictions": rows}) if details else metrics
 
 
 def aggregate_per_video(video_ids: list[str], outputs: torch.Tensor, labels: torch.Tensor, task: str):
@@ -116,69 +86,117 @@ def eval_clip_spec(d, stride: float | None = None) -> ClipSpec:
                     segment_seconds=d.segment_seconds)
 
 
-@torch.no_grad()
-def evaluate_split(trainer, split: str, details: bool = False, stride: float | None = None):
-    """Metrics of the model on ``split`` (every video once, aggregated over its clips), on every rank;
-    ``stride``: the sliding windows' stride in seconds instead of ``data.eval_stride_seconds``.
+class Evaluator:
+    """Metrics of the model on a split: every video once, aggregated over its clips, on every rank
+    (collective: all ranks call it together).
 
-    Returns ``metrics`` (loss, top1/top5 | mAP | mse, videos), or with ``details`` the pair
-    ``(metrics, {"predictions": per-video rows, "confusion": (C, C) counts, rows = true class})``
-    (confusion only for classification).
+    Args:
+        cfg: the run config (``data``: shards, backend, clips; ``model.task``; ``run.seed``).
+        engine: the model (a DeepSpeed engine or a module; ``.eval()``/``.train()``, captioners'
+            ``.module.caption``). tokens: ``batch -> ((B, L, D), grid)``, the decoder input of a batch.
+        dummy_batch: ``() -> batch``, an all-zero input for a rank out of data while its peers are not.
+        mean, std: the frame encoder's normalisation. num_classes: the head's classes.
+        rank, world, device: this process's data-parallel position and device.
     """
-    cfg = trainer.cfg
-    d = cfg.data
-    features = d.backend == "features"
-    loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d, stride),
-                          # decoded in this process: no worker start-up per evaluation
-                          **loader_kwargs(cfg, mean=trainer.mean, std=trainer.std, rank=trainer.rank,
-                                          world=trainer.world, num_workers=0, finite=True,
-                                          num_classes=trainer.num_classes))
-    if cfg.model.task == "captioning":
-        return evaluate_captions(trainer, loader, details)
-    engine = trainer.engine
-    engine.eval()
-    ids, outs, labs = [], [], []
-    it = iter(loader)
-    dummy = None
-    while True:
-        batch = next(it, None)
-        have = torch.tensor([float(batch is not None)], device=trainer.device)
+
+    def __init__(self, cfg, engine, tokens: Callable, dummy_batch: Callable, *, mean, std, num_classes: int,
+                 rank: int, world: int, device):
+        self.cfg, self.engine, self.tokens, self.dummy_batch = cfg, engine, tokens, dummy_batch
+        self.mean, self.std, self.num_classes = mean, std, num_classes
+        self.rank, self.world, self.device = rank, world, device
+
+    @torch.no_grad()
+    def __call__(self, split: str, details: bool = False, stride: float | None = None):
+        """``split``'s metrics; ``stride``: the sliding windows' stride in seconds instead of
+        ``data.eval_stride_seconds``.
+
+        Returns ``metrics`` (loss, top1/top5 | mAP | mse | BLEU/ROUGE, videos), or with ``details`` the
+        pair ``(metrics, {"predictions": per-video rows, "confusion": (C, C) counts, rows = true class})``
+        (confusion only for classification).
+        """
+        cfg = self.cfg
+        d = cfg.data
+        features = d.backend == "features"
+        loader = build_loader("features" if features else "cpu", d.shards, split, eval_clip_spec(d, stride),
+                              # decoded in this process: no worker start-up per evaluation
+                              **loader_kwargs(cfg, mean=self.mean, std=self.std, rank=self.rank, world=self.world,
+                                              num_workers=0, finite=True, num_classes=self.num_classes))
+        if cfg.model.task == "captioning":
+            return self.captions(loader, details)
+        engine = self.engine
+        engine.eval()
+        ids, outs, labs = [], [], []
+        it = iter(loader)
+        dummy = None
+        while True:
+            batch = next(it, None)
+            have = torch.tensor([float(batch is not None)], device=self.device)
+            if dist.is_initialized():
+                dist.all_reduce(have, op=dist.ReduceOp.MAX)
+            if have.item() == 0:
+                break
+            real = batch is not None
+            if real:
+                dummy = batch
+            tokens, grid = self.tokens(batch or dummy or self.dummy_batch(), "video")  # (B, L, D), (T, H', W')
+            out = engine(tokens, grid=grid)  # (B, C)
+            if real:
+                ids += list(batch["video_id"])
+                outs.append(out.float().cpu())
+                labs.append(batch["label"])
+        engine.train()
+        bad_shards = loader.bad_shards()
+        local = (ids, torch.cat(outs) if outs else None, torch.cat(labs) if labs else None, bad_shards)
+        parts = [None] * self.world if dist.is_initialized() else [local]
         if dist.is_initialized():
-            dist.all_reduce(have, op=dist.ReduceOp.MAX)
-        if have.item() == 0:
-            break
-        real = batch is not None
-        if real:
-            dummy = batch
-        tokens = trainer.tokens(batch or dummy or trainer.dummy_batch(), "video")  # (B, L, D); video path: sets trainer.grid
-        out = engine(tokens, grid=trainer.grid)
-        if real:
-            ids += list(batch["video_id"])
-            outs.append(out.float().cpu())
-            labs.append(batch["label"])
-    engine.train()
-    bad_shards = loader.bad_shards()
-    local = (ids, torch.cat(outs) if outs else None, torch.cat(labs) if labs else None, bad_shards)
-    parts = [None] * trainer.world if dist.is_initialized() else [local]
-    if dist.is_initialized():
-        dist.all_gather_object(parts, local)
-    ids = [v for p in parts for v in p[0]]
-    if not ids:
-        return ({}, {}) if details else {}
-    out = torch.cat([p[1] for p in parts if p[1] is not None])
-    lab = torch.cat([p[2] for p in parts if p[2] is not None])
-    from s5video.models.heads import task_loss
-    metrics = {"loss": task_loss(cfg.model.task, out, lab).item()}
-    scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
-    metrics.update(compute_metrics(scores, vlabels, cfg.model.task, trainer.num_classes))
-    metrics["videos"] = len(vlabels)
-    if any(p[3] for p in parts):  # shards that stayed unreadable after every retry: a short evaluation, said so
-        metrics["bad_shards_skipped"] = sum(p[3] for p in parts)
-    if not details:
-        return metrics
-    extra = {"predictions": per_video_predictions(ids, scores, vlabels, cfg.model.task)}
-    if cfg.model.task == "classification":
-        import torchmetrics.functional as tmf
-        extra["confusion"] = tmf.confusion_matrix(scores, vlabels, task="multiclass",
-                                                  num_classes=trainer.num_classes).tolist()
-    return metrics, extra
+            dist.all_gather_object(parts, local)
+        ids = [v for p in parts for v in p[0]]
+        if not ids:
+            return ({}, {}) if details else {}
+        out = torch.cat([p[1] for p in parts if p[1] is not None])
+        lab = torch.cat([p[2] for p in parts if p[2] is not None])
+        from s5video.models.heads import task_loss
+        metrics = {"loss": task_loss(cfg.model.task, out, lab).item()}
+        scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
+        metrics.update(compute_metrics(scores, vlabels, cfg.model.task, self.num_classes))
+        metrics["videos"] = len(vlabels)
+        if any(p[3] for p in parts):  # shards that stayed unreadable after every retry: a short evaluation, said so
+            metrics["bad_shards_skipped"] = sum(p[3] for p in parts)
+        if not details:
+            return metrics
+        extra = {"predictions": per_video_predictions(ids, scores, vlabels, cfg.model.task)}
+        if cfg.model.task == "classification":
+            import torchmetrics.functional as tmf
+            extra["confusion"] = tmf.confusion_matrix(scores, vlabels, task="multiclass",
+                                                      num_classes=self.num_classes).tolist()
+        return metrics, extra
+
+    @torch.no_grad()
+    def captions(self, loader, details: bool):
+        """A captioner on the clips of ``loader``: teacher-forced loss per clip, and one generated caption
+        per video (its first clip) scored against the video's caption. Every rank decodes its own videos
+        (ZeRO 0-2: no collective inside forward), the rows are gathered."""
+        engine = self.engine
+        engine.eval()
+        rows, losses = {}, []
+        for batch in loader:
+            tokens, grid = self.tokens(batch, "video")  # (B, L, D)
+            losses.append((engine(tokens, grid=grid, captions=list(batch["caption"])).item(), len(tokens)))
+            first = [i for i, v in enumerate(batch["video_id"]) if v not in rows]
+            if first:
+                caps = engine.module.caption(tokens[first])
+                for i, c in zip(first, caps):
+                    rows[batch["video_id"][i]] = {"video_id": batch["video_id"][i], "reference": batch["caption"][i],
+                                                  "caption": c}
+        engine.train()
+        local = (list(rows.values()), losses)
+        parts = [None] * self.world if dist.is_initialized() else [local]
+        if dist.is_initialized():
+            dist.all_gather_object(parts, local)
+        rows = list({r["video_id"]: r for p in parts for r in p[0]}.values())
+        n = sum(w for p in parts for _, w in p[1])
+        if not rows:
+            return ({}, {}) if details else {}
+        metrics = {"loss": sum(l * w for p in parts for l, w in p[1]) / max(1, n),
+                   **caption_metrics([r["caption"] for r in rows], [r["reference"] for r in rows]), "videos": len(rows)}
+        return (metrics, {"predictions": rows}) if details else metrics

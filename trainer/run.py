@@ -25,7 +25,7 @@ from s5video.trainer.checkpoint import (checkpoint_world, consolidated_weights, 
                                 resolve_resume, rng_state, save_best, save_checkpoint, set_rng_state)
 from s5video.trainer.config import Config, ConfigError, save_config, to_dict
 from s5video.trainer.distributed import env_rank_world, init_distributed
-from s5video.trainer.evaluate import SELECTION_METRIC
+from s5video.trainer.evaluate import SELECTION_METRIC, Evaluator
 from s5video.trainer.optim import GatedAdamW, GatedLambdaLR, TrainState, skip_update, zeros_like_batch
 from s5video.trainer.lifecycle import ExitDeadline, LauncherWatch, release_shm_names
 from s5video.trainer.preflight import IDENTITY_FILE, elastic_resume, preflight, run_identity
@@ -141,12 +141,12 @@ class Trainer:
             meta = json.loads(Path(feature_path(cfg.data.features, cfg.data.train_split) + ".json").read_text())
             per_record = meta["num_tokens"] * (meta["frames"] if meta.get("clips") == "all_segments" else 1)
             self.token_shape = (per_record, meta["dim"])  # one example's (L, D)
-            self.grid = tuple(meta["grid"]) if meta.get("grid") else None
+            self.cached_grid = tuple(meta["grid"]) if meta.get("grid") else None  # (T, H', W') of the cached tokens
         else:
             self.encoder = create_encoder(cfg.model.encoder, cfg.model.encoder_weights, cfg.model.frame_tokens,
                                           cfg.model.spatial_grid).to(self.device)
             self.mean, self.std, self.token_shape = self.encoder.mean, self.encoder.std, (None, self.encoder.dim)
-            self.grid = None  # (T, H', W') of the tokens: set by encode()
+            self.cached_grid = None
         self.loader = self.build_train_loader()
         self.sched = S = resolve_schedule(cfg, self.loader.num_samples, self.world)
         self.num_classes = cfg.model.num_classes or len(self.classes) or 1
@@ -155,6 +155,8 @@ class Trainer:
         saved_world = checkpoint_world(ckpt) if ckpt is not None else self.world
         tag = "state" if saved_world == self.world else prepare_elastic(ckpt, self.rank, cfg.train.zero_stage)
         self.engine, self.optimizer = make_engine(model, cfg, S, universal=tag == "universal")
+        self.evaluator = Evaluator(cfg, self.engine, self.tokens, self.dummy_batch, mean=self.mean, std=self.std,
+                                   num_classes=self.num_classes, rank=self.rank, world=self.world, device=self.device)
 
         self.state = st = TrainState()
         if ckpt is not None:
@@ -302,12 +304,12 @@ class Trainer:
             self.print(f"init_from: {', '.join(reshaped)} reinitialised: shape {tuple(own[reshaped[0]].shape)} here, "
                        "another in the checkpoint (a head of another class count starts anew)")
 
-    def tokens(self, batch: dict, key: str = "video") -> torch.Tensor:
-        """Decoder input (B, L, D) of a batch: its cached ``tokens`` (features backend), else the frozen
-        encoder's tokens of ``batch[key]`` (B, T, 3, S, S)."""
+    def tokens(self, batch: dict, key: str = "video") -> tuple[torch.Tensor, tuple | None]:
+        """Decoder input of a batch and its token grid: its cached ``tokens`` (features backend), else
+        the frozen encoder's tokens of ``batch[key]`` (B, T, 3, S, S). Returns ((B, L, D), (T, H', W') or None)."""
         if "tokens" in batch:
             tok = batch["tokens"].to(self.device, non_blocking=True)
-            return tok.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tok
+            return (tok.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tok), self.cached_grid
         return self.encode(batch[key])
 
     def dummy_batch(self) -> dict:
@@ -317,17 +319,19 @@ class Trainer:
             return {"tokens": torch.zeros(1, *self.token_shape)}
         return {"video": torch.zeros(1, d.frames, 3, d.image_size, d.image_size)}
 
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        tokens, self.grid = self.encoder(video.to(self.device, non_blocking=True))  # (B, L, D), (T, H', W')
-        return tokens.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tokens  # (B, L, D)
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """The frozen encoder on video (B, T, 3, S, S): ((B, L, D) tokens, their (T, H', W') grid)."""
+        tokens, grid = self.encoder(video.to(self.device, non_blocking=True))  # (B, L, D), (T, H', W')
+        return (tokens.to(torch.bfloat16) if self.cfg.train.precision == "bf16" else tokens), grid
 
     def forward_loss(self, batch: dict, step: int) -> torch.Tensor:
         if self.cfg.run.mode == "pretrain":  # long and short clips alternately query and key
             query = "short" if step % 2 == 0 else "long"
-            return self.engine(self.encode(batch["long"]), self.encode(batch["short"]), query=query)
+            return self.engine(self.encode(batch["long"])[0], self.encode(batch["short"])[0], query=query)
+        tokens, grid = self.tokens(batch, "video")  # (B, L, D), (T, H', W')
         if self.cfg.model.task == "captioning":  # the captioner's own cross-entropy on the batch's captions
-            return self.engine(self.tokens(batch, "video"), grid=self.grid, captions=list(batch["caption"]))
-        out = self.engine(self.tokens(batch, "video"), grid=self.grid)
+            return self.engine(tokens, grid=grid, captions=list(batch["caption"]))
+        out = self.engine(tokens, grid=grid)  # (B, C)
         t = self.cfg.train
         return task_loss(self.cfg.model.task, out, batch["label"].to(self.device), pos_weight=t.pos_weight,
                          label_smoothing=t.label_smoothing)
@@ -374,8 +378,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, details: bool = False, stride: float | None = None):
-        from s5video.trainer.evaluate import evaluate_split
-        return evaluate_split(self, split, details, stride)
+        return self.evaluator(split, details, stride)
 
     def evaluate_strides(self, step: int, test: dict) -> dict:
         """The test split at each of ``data.eval_strides_seconds`` (0 = the clip length, no overlap)
