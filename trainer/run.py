@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from s5video.data import build_loader, loader_kwargs
+from s5video.data import ClipLoader, build_loader, loader_kwargs
 from s5video.data.clips import ClipSpec
 from s5video.models.encoders import create_encoder
 from s5video.models.factory import build_model, head_classes, load_model_weights, model_weights
@@ -85,7 +85,23 @@ class Trainer:
         self.stop_reasons: set[str] = set()  # STOP_REASONS seen on this rank (signals, launcher exit)
         self.stopped_by: list[str] = []  # after run(): stop reasons seen by any rank, e.g. ["SIGUSR2"]
         self.deadline = ExitDeadline()
-        self.loader = None
+        # set up by _run(), in this order (the components the training loop composes):
+        self.rank, self.world, self.device = 0, 1, torch.device("cpu")  # data-parallel position (init_distributed)
+        self.classes: list[str] = []  # the shards' class names (manifest)
+        self.launcher_watch: LauncherWatch | None = None
+        self.log: MetricsLogger | None = None  # metrics.jsonl + TensorBoard (rank 0)
+        self.sample_log: SampleKeyLog | None = None  # per-rank sample keys (logging.sample_keys)
+        self.encoder = None  # the frozen frame encoder; None on cached features
+        self.mean, self.std = (0.5,) * 3, (0.5,) * 3  # its normalisation
+        self.token_shape: tuple = (None, None)  # one example's (L, D) decoder input
+        self.cached_grid: tuple | None = None  # (T, H', W') of cached tokens
+        self.loader: ClipLoader | None = None  # this rank's training batches
+        self.batches = None  # the loader's running iterator (train_step reads it)
+        self.sched = None  # trainer.schedule.Schedule: steps, accumulation, eval/checkpoint periods
+        self.num_classes = 1
+        self.engine = self.optimizer = None  # DeepSpeed engine, and the GatedAdamW it steps
+        self.evaluator: Evaluator | None = None
+        self.state = TrainState()  # step, non-finite streak, best validation
 
     def run(self) -> int:
         """Train and/or evaluate as configured; returns the exit code (0). However it ends - results
