@@ -157,7 +157,7 @@ def test_trainer_alternates_the_query_and_key_roles():
     t = Trainer(load_config(REPO / "configs/demo_pretrain.yaml", []))
     assert t.cfg.run.mode == "pretrain"
     t.engine = LSMCL(S5(num_classes=0, d_model=8, depth=1, d_state=4, dropout=0.0), proj_dim=4)
-    t.encode = lambda x: x  # the batch holds tokens (B, L, D) here, not frames
+    t.encode = lambda x: (x, None)  # the batch holds tokens (B, L, D) here, not frames (no grid)
     roles = []
     for step in range(4):
         long, short = torch.randn(3, 20, 8, requires_grad=True), torch.randn(3, 8, 8, requires_grad=True)
