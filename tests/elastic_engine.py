@@ -4,7 +4,7 @@
 
 For each ZeRO stage 1, 2, 3 (``ROOT/zero<stage>``): ``train`` builds the trainer's engine
 (:func:`trainer.run.make_engine`) around the demo config's tiny S5, takes 2 AdamW steps on seeded
-random tokens and saves a checkpoint (:func:`trainer.checkpoint.save_checkpoint`); ``resume``
+random tokens and saves a checkpoint (:meth:`trainer.checkpoint.Checkpointer.save`); ``resume``
 loads the run's latest checkpoint exactly as the trainer does on this world size (converting it to
 a universal checkpoint when the world size differs) and saves it again, unchanged, as the next
 step's checkpoint. The test compares the two checkpoints.
@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 from s5video.models.factory import build_model  # noqa: E402
 from tests.helpers import TINY  # noqa: E402
-from s5video.trainer.checkpoint import (checkpoint_world, complete_checkpoints, load_checkpoint, prepare_elastic,  # noqa: E402
-                                save_checkpoint)
+from s5video.trainer.checkpoint import Checkpointer, complete_checkpoints  # noqa: E402
 from s5video.trainer.config import load_config  # noqa: E402
 from s5video.trainer.distributed import init_distributed  # noqa: E402
+from s5video.trainer.optim import TrainState  # noqa: E402
 from s5video.trainer.run import make_engine  # noqa: E402
 from s5video.trainer.schedule import Schedule  # noqa: E402
 
@@ -41,14 +41,12 @@ def main(root: Path, mode: str) -> None:
         model = build_model(cfg.model, IN_DIM, 5)
         sched = Schedule(max_steps=10, steps_per_epoch=10, global_batch=4 * info.world, grad_accum=1, eval_every=10,
                          checkpoint_every=10)
-        ckpt = complete_checkpoints(run)[-1] if mode == "resume" else None
-        tag = "state" if ckpt is None or checkpoint_world(ckpt) == info.world else \
-            prepare_elastic(ckpt, info.rank, stage)
-        engine, _ = make_engine(model, cfg, sched, universal=tag == "universal")
-        step, state = 0, {"loader": {}}
-        if ckpt is not None:
-            step, state = load_checkpoint(engine, ckpt, info.rank, info.world, tag)
-            state = {"loader": {}, "nonfinite": state.get("nonfinite", 0)}
+        checkpointer = Checkpointer(run, info.rank, info.world, {"world": info.world}, keep_last=10)
+        point = checkpointer.find(str(complete_checkpoints(run)[-1]), stage) if mode == "resume" else None
+        engine, _ = make_engine(model, cfg, sched, universal=point is not None and point.tag == "universal")
+        step, state = 0, TrainState()
+        if point is not None:
+            step = checkpointer.load(engine, point, {"train_state": state})
         else:
             g = torch.Generator().manual_seed(100 + info.rank)
             for step in range(1, 3):
@@ -57,8 +55,7 @@ def main(root: Path, mode: str) -> None:
                 loss = torch.nn.functional.cross_entropy(engine(x, grid=GRID), y)
                 engine.backward(loss)
                 engine.step()
-        save_checkpoint(engine, str(run), step + 1 if ckpt is not None else step, info.rank, info.world, state,
-                        {"world": info.world}, keep_last=10)
+        checkpointer.save(engine, step + 1 if point is not None else step, {"train_state": state})
         engine.destroy()
     dist.barrier()
     dist.destroy_process_group()

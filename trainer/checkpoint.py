@@ -4,7 +4,7 @@ Layout under ``<run.dir>/checkpoints/``::
 
     step00000100/            a complete checkpoint (renamed into place only when complete)
         state/               DeepSpeed engine files (model, optimizer, ZeRO shards, scheduler)
-        rank00000.pt         that rank's loader state, RNG states, bad-sample count
+        rank00000.pt         that rank's component states (loader position, TrainState) and RNG states
         meta.json            step, world size, resolved config - written last
     .tmp-step00000200/       a save in progress (ignored by resume, removed by the next save)
 
@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,35 +57,6 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step*") if (p / "meta.json").exists())
-
-
-def save_checkpoint(engine, run_dir: str, step: int, rank: int, world: int, rank_state: dict, config: dict,
-                    keep_last: int = 3, best_tag: str | None = None) -> Path:
-    """Collective: every rank calls it. ``best_tag``: the ``best/`` tag this state refers to (kept
-    as long as this checkpoint is). Returns the checkpoint directory."""
-    root = Path(run_dir) / "checkpoints"
-    name = f"step{step:08d}"
-    tmp, final = root / f".tmp-{name}", root / name
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # e.g. the final save at a step that was just saved
-            shutil.rmtree(final)
-        tmp.mkdir()
-    _barrier()
-    engine.save_checkpoint(str(tmp), tag="state")
-    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank{rank:05d}.pt")
-    _barrier()
-    if rank == 0:
-        with open(tmp / "meta.json", "w") as f:
-            json.dump({"step": step, "world": world, "config": config, "best_tag": best_tag}, f)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-        prune_best(run_dir, keep={best_tag})
-    _barrier()
-    return final
 
 
 def best_tag(step: int) -> str:
@@ -212,26 +184,107 @@ def prepare_elastic(path: Path, rank: int, zero_stage: int) -> str:
     return "universal"
 
 
-def load_checkpoint(engine, path: Path, rank: int, world: int, tag: str = "state", seed: int = 0) -> tuple[int, dict]:
-    """Collective: load the engine from ``path/<tag>`` and this rank's state; returns (step, rank_state).
+@dataclass
+class ResumePoint:
+    """A checkpoint to resume from: its directory, the ranks that saved it and the DeepSpeed tag to
+    load (``state``; ``universal`` when it was converted for another world size)."""
 
-    Same world size: this rank's own file (loader position, RNG states): the run goes on exactly as
-    an uninterrupted one. Another world size (``tag`` from :func:`prepare_elastic`): ``rank_state``
-    carries ``loader_states``, the loader states of *every* rank that saved it (for the loaders'
-    ``load_elastic_state``), and the RNGs are seeded from ``seed``, the rank and the step."""
-    meta = json.loads((path / "meta.json").read_text())
-    engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
-    ds_stop_universal_loads(engine)  # DeepSpeed reads the flag at each load; later ones (best/) are not universal
-    step = int(meta["step"])
-    if meta["world"] == world:
-        state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
-        set_rng_state(state.pop("rng"))
-        return step, state
-    states = [torch.load(path / f"rank{r:05d}.pt", weights_only=False) for r in range(meta["world"])]
-    state = {k: v for k, v in states[0].items() if k not in ("rng", "loader")}
-    state["loader_states"] = [s["loader"] for s in states]
-    s = seed + rank + 1_000_003 * step
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
-    return step, state
+    path: Path
+    world: int
+    tag: str = "state"
+
+
+class Checkpointer:
+    """Saves and restores a run, collectively (every rank calls each method together): the engine
+    (DeepSpeed: weights, optimizer, ZeRO partitions, lr schedule), and per rank the ``state_dict()``
+    of each named component (the loader position, the trainer's :class:`~trainer.optim.TrainState`)
+    with the RNG states; plus the models selected on validation under ``best/``.
+
+    Args:
+        run_dir: the run directory (``checkpoints/`` and ``best/`` go under it).
+        rank, world: this process's data-parallel position.
+        config: the resolved config, recorded in each checkpoint's ``meta.json``.
+        keep_last: complete step checkpoints kept (older ones are removed after a save).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, rank: int, world: int, config: dict, keep_last: int = 3):
+        self.run_dir, self.rank, self.world = Path(run_dir), rank, world
+        self.config, self.keep_last = config, keep_last
+
+    def find(self, resume: str, zero_stage: int) -> ResumePoint | None:
+        """Collective, before the engine is built: the checkpoint ``checkpoint.resume`` names
+        (:func:`resolve_resume`), made loadable at this world size (:func:`prepare_elastic`); None to
+        start fresh. Build the engine with ``checkpoint.load_universal`` when the tag is ``universal``."""
+        path = resolve_resume(resume, str(self.run_dir))
+        if path is None:
+            return None
+        world = checkpoint_world(path)
+        return ResumePoint(path, world, "state" if world == self.world else prepare_elastic(path, self.rank, zero_stage))
+
+    def save(self, engine, step: int, components: dict, best_tag: str | None = None) -> Path:
+        """Write ``checkpoints/step<step>`` atomically: the engine, this rank's ``{name:
+        component.state_dict()}`` and RNG states, then ``meta.json`` (step, world, config, ``best_tag``:
+        the ``best/`` tag this state refers to, kept as long as this checkpoint is). Returns its directory."""
+        root = self.run_dir / "checkpoints"
+        name = f"step{step:08d}"
+        tmp, final = root / f".tmp-{name}", root / name
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # e.g. the final save at a step that was just saved
+                shutil.rmtree(final)
+            tmp.mkdir()
+        _barrier()
+        engine.save_checkpoint(str(tmp), tag="state")
+        states = {k: c.state_dict() for k, c in components.items()}
+        torch.save({**states, "rng": rng_state()}, tmp / f"rank{self.rank:05d}.pt")
+        _barrier()
+        if self.rank == 0:
+            with open(tmp / "meta.json", "w") as f:
+                json.dump({"step": step, "world": self.world, "config": self.config, "best_tag": best_tag}, f)
+            os.replace(tmp, final)
+            for old in complete_checkpoints(self.run_dir)[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            prune_best(str(self.run_dir), keep={best_tag})
+        _barrier()
+        return final
+
+    def load(self, engine, point: ResumePoint, components: dict, seed: int = 0) -> int:
+        """Load the engine from ``point`` and each component's saved state; returns the step.
+
+        Same world size: this rank's own states and RNGs - the run goes on exactly as an
+        uninterrupted one. Another world size: a component with ``load_elastic_state`` (the loader)
+        gets the states of *every* rank that saved (their unread samples are dealt anew), the others
+        rank 0's, and the RNGs are seeded from ``seed``, the rank and the step. Components missing
+        from the checkpoint keep their state."""
+        meta = json.loads((point.path / "meta.json").read_text())
+        engine.load_checkpoint(str(point.path), tag=point.tag, load_module_strict=True)
+        ds_stop_universal_loads(engine)  # DeepSpeed reads the flag at each load; later ones (best/) are not universal
+        step = int(meta["step"])
+        if meta["world"] == self.world:
+            state = torch.load(point.path / f"rank{self.rank:05d}.pt", weights_only=False)
+            set_rng_state(state.pop("rng"))
+            for k, c in components.items():
+                if k in state:
+                    c.load_state_dict(state[k])
+            return step
+        states = [torch.load(point.path / f"rank{r:05d}.pt", weights_only=False) for r in range(meta["world"])]
+        for k, c in components.items():
+            if k in states[0] and hasattr(c, "load_elastic_state"):
+                c.load_elastic_state([s[k] for s in states])
+            elif k in states[0]:
+                c.load_state_dict(states[0][k])
+        s = seed + self.rank + 1_000_003 * step
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        return step
+
+    def save_best(self, engine, step: int, keep: set[str | None]) -> str:
+        """The engine's weights as the model selected on validation at ``step`` (:func:`save_best`)."""
+        return save_best(engine, str(self.run_dir), step, self.rank, keep)
+
+    def load_best(self, engine, tag: str) -> None:
+        """Load the weights of ``best/<tag>`` for evaluation (:func:`load_best`)."""
+        load_best(engine, str(self.run_dir), tag, self.rank, self.world)

@@ -21,8 +21,7 @@ from s5video.models.encoders import create_encoder
 from s5video.models.factory import build_model, head_classes, load_model_weights, model_weights
 from s5video.models.heads import task_loss
 from s5video.models.ssm import ssm_param_groups
-from s5video.trainer.checkpoint import (checkpoint_world, consolidated_weights, load_best, load_checkpoint, prepare_elastic,
-                                resolve_resume, rng_state, save_best, save_checkpoint, set_rng_state)
+from s5video.trainer.checkpoint import Checkpointer, consolidated_weights, resolve_resume, rng_state, set_rng_state
 from s5video.trainer.config import Config, ConfigError, save_config, to_dict
 from s5video.trainer.distributed import env_rank_world, init_distributed
 from s5video.trainer.evaluate import SELECTION_METRIC, Evaluator
@@ -101,6 +100,7 @@ class Trainer:
         self.num_classes = 1
         self.engine = self.optimizer = None  # DeepSpeed engine, and the GatedAdamW it steps
         self.evaluator: Evaluator | None = None
+        self.checkpointer: Checkpointer | None = None  # checkpoints/ and best/ of the run
         self.state = TrainState()  # step, non-finite streak, best validation
 
     def run(self) -> int:
@@ -125,6 +125,7 @@ class Trainer:
         self.classes = list(manifest.get("classes") or [])
         info = init_distributed()
         self.rank, self.world = info.rank, info.world
+        self.checkpointer = Checkpointer(cfg.run.dir, self.rank, self.world, to_dict(cfg), cfg.checkpoint.keep_last)
         if dist.is_initialized():
             dist.barrier()  # every rank has mapped every peer's DeepSpeed shared-memory buffer
         release_shm_names(self.rank)
@@ -167,24 +168,19 @@ class Trainer:
         self.sched = S = resolve_schedule(cfg, self.loader.num_samples, self.world)
         self.num_classes = cfg.model.num_classes or len(self.classes) or 1
         model = self.build_model()
-        ckpt = resolve_resume(cfg.checkpoint.resume, cfg.run.dir)
-        saved_world = checkpoint_world(ckpt) if ckpt is not None else self.world
-        tag = "state" if saved_world == self.world else prepare_elastic(ckpt, self.rank, cfg.train.zero_stage)
-        self.engine, self.optimizer = make_engine(model, cfg, S, universal=tag == "universal")
+        resume = self.checkpointer.find(cfg.checkpoint.resume, cfg.train.zero_stage)
+        self.engine, self.optimizer = make_engine(model, cfg, S, universal=resume is not None and
+                                                  resume.tag == "universal")
         self.evaluator = Evaluator(cfg, self.engine, self.tokens, self.dummy_batch, mean=self.mean, std=self.std,
                                    num_classes=self.num_classes, rank=self.rank, world=self.world, device=self.device)
 
         self.state = st = TrainState()
-        if ckpt is not None:
-            step, saved = load_checkpoint(self.engine, ckpt, self.rank, self.world, tag, seed=cfg.run.seed)
-            st.load_state_dict({**saved, "step": step})
-            if cfg.run.mode != "eval":  # evaluation reads no training data: any backend may evaluate a checkpoint
-                if saved_world == self.world:
-                    self.loader.load_state_dict(saved["loader"])
-                else:
-                    self.loader.load_elastic_state(saved["loader_states"])
-            self.print(f"resumed from {ckpt} at step {st.step}" + ("" if saved_world == self.world else
-                       f" (elastic: saved by {saved_world} ranks, now {self.world}; the unread samples of the "
+        if resume is not None:
+            # evaluation reads no training data: any backend may evaluate a checkpoint
+            parts = {"train_state": st, **({"loader": self.loader} if cfg.run.mode != "eval" else {})}
+            st.step = self.checkpointer.load(self.engine, resume, parts, seed=cfg.run.seed)
+            self.print(f"resumed from {resume.path} at step {st.step}" + ("" if resume.world == self.world else
+                       f" (elastic: saved by {resume.world} ranks, now {self.world}; the unread samples of the "
                        f"interrupted pass are dealt to the {self.world} ranks)"))
         if cfg.run.mode == "eval":
             return self.finish(evaluate_only=True)
@@ -388,9 +384,8 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint of the engine, this rank's loader position and the :class:`TrainState`."""
         st = self.state
-        save_checkpoint(self.engine, self.cfg.run.dir, st.step, self.rank, self.world,
-                        {"loader": self.loader.state_dict(), **st.state_dict()}, to_dict(self.cfg),
-                        self.cfg.checkpoint.keep_last, best_tag=(st.best or {}).get("tag"))
+        self.checkpointer.save(self.engine, st.step, {"loader": self.loader, "train_state": st},
+                               best_tag=(st.best or {}).get("tag"))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, details: bool = False, stride: float | None = None):
@@ -423,7 +418,7 @@ class Trainer:
         key = SELECTION_METRIC[self.cfg.model.task]
         improved = best is None or (m[key] < best["value"] if key in ("mse", "loss") else m[key] > best["value"])
         if improved:
-            tag = save_best(self.engine, self.cfg.run.dir, step, self.rank, keep={(best or {}).get("tag")})
+            tag = self.checkpointer.save_best(self.engine, step, keep={(best or {}).get("tag")})
             self.state.best = {"step": step, "value": m[key], "metric": key, "val": m, "tag": tag}
 
     def finish(self, evaluate_only: bool = False) -> int:
@@ -439,7 +434,7 @@ class Trainer:
         if cfg.run.mode in ("finetune", "eval"):
             if not evaluate_only:
                 self.validate()
-                load_best(self.engine, cfg.run.dir, self.state.best.get("tag", "state"), self.rank, self.world)
+                self.checkpointer.load_best(self.engine, self.state.best.get("tag", "state"))
             best = self.state.best
             test, details = self.evaluate(cfg.data.test_split, details=True)  # once, for the model selected on val
             self.log.log(step, cfg.data.test_split, **test)
