@@ -5,7 +5,7 @@ The authors' ``ViS4mer(d_input, l_max, d_output, d_model, n_layers)`` is our ``v
 (whose ``proj`` is their ``encoder``, used when ``d_input != d_model``). Key mapping, layer i:
 
 ========================================  =====================================================
-theirs                                    ours (``backbone.decoder.blocks.{i}.`` omitted)
+theirs                                    ours (``temporal.decoder.blocks.{i}.`` omitted)
 ========================================  =====================================================
 ``s4_layers.{i}.kernel.krylov.log_dt``    ``mixer.kernel.log_dt`` (H,)
 ``s4_layers.{i}.kernel.krylov.w``         ``mixer.kernel.Lambda`` (N2, 2), shared by channels
@@ -14,7 +14,7 @@ theirs                                    ours (``backbone.decoder.blocks.{i}.``
 ``s4_layers.{i}.D``                       ``mixer.D``
 ``s4_layers.{i}.output_linear.weight``    ``mixer.out.weight``; ``.bias`` (H, 1) -> (H,)
 ``norms.{i}.*`` / ``linears.{i}.*``       ``norm.*`` / ``linear.*``
-``decoder.*`` / ``encoder.*``             ``backbone.head.*`` / ``proj.*``
+``decoder.*`` / ``encoder.*``             ``temporal.head.*`` / ``proj.*``
 ========================================  =====================================================
 
 Their kernel contracts ``B_i conj(C_j)`` where ours contracts ``C B`` (the convention of
@@ -54,7 +54,7 @@ def convert_authors_vis4mer(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
         raise ValueError("not a ViS4mer state dict of md-mohaiminul/ViS4mer: no s4_layers.{i}.* / decoder.weight")
     for key, t in state.items():
         if key in ("decoder.weight", "decoder.bias"):
-            out["backbone.head." + key.split(".")[1]] = t
+            out["temporal.head." + key.split(".")[1]] = t
             continue
         if key.startswith("encoder."):
             continue  # placed below once the widths are known
@@ -62,7 +62,7 @@ def convert_authors_vis4mer(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
         if m is None:
             raise ValueError(f"{key}: not a tensor of the authors' ViS4mer (models.py)")
         kind, i, rest = m.group(1), int(m.group(2)), m.group(3)
-        pre = f"backbone.decoder.blocks.{i}."
+        pre = f"temporal.decoder.blocks.{i}."
         if kind == "norms":
             out[pre + "norm." + rest] = t
         elif kind == "linears":
@@ -90,8 +90,8 @@ def convert_authors_vis4mer(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
             continue  # FFT nodes: recomputed
         else:
             raise ValueError(f"{key}: not a tensor of the authors' ViS4mer (models.py)")
-    w0 = out.get("backbone.decoder.blocks.0.norm.weight")
-    lam = out.get("backbone.decoder.blocks.0.mixer.kernel.Lambda")
+    w0 = out.get("temporal.decoder.blocks.0.norm.weight")
+    lam = out.get("temporal.decoder.blocks.0.mixer.kernel.Lambda")
     if w0 is None or lam is None:
         raise ValueError("norms.0.weight / s4_layers.0.kernel.krylov.w missing: not a complete ViS4mer state dict")
     d_model = w0.shape[0]

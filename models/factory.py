@@ -56,7 +56,9 @@ def head_classes(mode: str, task: str, num_classes: int, classes: list[str]) -> 
 
 
 class TokenModel(nn.Module):
-    """Frozen-encoder tokens (B, L, D_enc) -> Linear to the decoder width -> registry model.
+    """Frozen-encoder tokens (B, L, D_enc) -> ``proj`` (Linear to the model width, or Identity) ->
+    ``temporal``, the registry model over the token sequence (the temporal decoder with its head -
+    ViS4mer, S5, LST, ... - or the captioner).
 
     forward(tokens (B, L, D_enc), grid=(T, H', W') or None) -> (B, num_classes);
     forward_features -> (B, D_out).
@@ -64,25 +66,25 @@ class TokenModel(nn.Module):
 
     def __init__(self, name: str, in_dim: int, num_classes: int, **kwargs):
         super().__init__()
-        self.backbone = create_model(name, num_classes=num_classes, **kwargs)
-        width = self.backbone.in_dim
+        self.temporal = create_model(name, num_classes=num_classes, **kwargs)
+        width = self.temporal.in_dim
         self.proj = nn.Linear(in_dim, width) if in_dim != width else nn.Identity()
-        self.out_dim = self.backbone.out_dim
+        self.out_dim = self.temporal.out_dim
 
     def forward_features(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
-        return self.backbone.forward_features(self.proj(tokens), grid)  # (B, D_out)
+        return self.temporal.forward_features(self.proj(tokens), grid)  # (B, D_out)
 
     def forward(self, tokens: torch.Tensor, grid=None, **kw) -> torch.Tensor:
         """(B, num_classes) logits; a captioner takes ``captions=`` and returns its loss."""
-        return self.backbone(self.proj(tokens), grid, **kw)  # (B, num_classes)
+        return self.temporal(self.proj(tokens), grid, **kw)  # (B, num_classes)
 
     def caption(self, tokens: torch.Tensor, **kw) -> list[str]:
         """Captions of tokens (B, L, D_enc) (a captioning model only; ``num_beams``, ``max_tokens``)."""
-        return self.backbone.generate(self.proj(tokens), **kw)
+        return self.temporal.generate(self.proj(tokens), **kw)
 
     def update_momentum(self) -> None:
-        if hasattr(self.backbone, "update_momentum"):
-            self.backbone.update_momentum()
+        if hasattr(self.temporal, "update_momentum"):
+            self.temporal.update_momentum()
 
 
 def build_model(model_cfg: Any, in_dim: int, num_classes: int, pretrain: bool = False) -> nn.Module:
@@ -118,7 +120,7 @@ def load_model_weights(model: TokenModel, state_dict: dict[str, torch.Tensor]) -
     checkpoint lacks (a model pretrained without them) start as a copy of the loaded weights.
     Returns (missing keys, unexpected keys), the momentum copies not counted as missing."""
     missing, unexpected = model.load_state_dict(model_weights(state_dict), strict=False)
-    if hasattr(model.backbone, "update_momentum") and any(MOMENTUM_COPIES in k for k in missing):
-        model.backbone.update_momentum(0.0)  # S4_hat = S4
+    if hasattr(model.temporal, "update_momentum") and any(MOMENTUM_COPIES in k for k in missing):
+        model.temporal.update_momentum(0.0)  # S4_hat = S4
         missing = [k for k in missing if MOMENTUM_COPIES not in k]
     return list(missing), list(unexpected)

@@ -96,7 +96,9 @@ class S5(nn.Module):
     tokens kept, k = max(1, round(keep_ratio * L))); mask_generator (one of ``MASK_GENERATORS``);
     gumbel_temperature (tau); momentum (m of the EMA S4); selection (``gather`` | ``mask``, see the
     module docstring).
-    Call :meth:`update_momentum` after each optimizer step.
+    Call :meth:`update_momentum` after each optimizer step. Submodules: ``mask_generator``, ``s4_hat``
+    (the momentum copy of the first block's LayerNorm + S4) and ``vis4mer`` (the decoder and head the
+    selected tokens go through).
     """
 
     def __init__(self, num_classes: int, d_model: int = 1024, depth: int = 3, d_state: int = 64,
@@ -114,16 +116,16 @@ class S5(nn.Module):
                              "tokens are no longer on a grid)")
         self.keep_ratio, self.tau, self.m, self.selection = keep_ratio, gumbel_temperature, momentum, selection
         self.use_s4_features = mask_generator.endswith("_s4")
-        self.backbone = ViS4mer(num_classes, d_model, depth, d_state, kernel, pool, dropout, "s4",
+        self.vis4mer = ViS4mer(num_classes, d_model, depth, d_state, kernel, pool, dropout, "s4",
                                 bidirectional=bidirectional, channel_scaling=channel_scaling, block=block)
         self.mask_generator = MaskGenerator(mask_generator, d_model)
-        first = self.backbone.decoder.blocks[0]
+        first = self.vis4mer.decoder.blocks[0]
         self.s4_hat = copy.deepcopy(nn.Sequential(first.norm, first.mixer)) if self.use_s4_features else None
         if self.s4_hat is not None:
             for p in self.s4_hat.parameters():
                 p.requires_grad_(False)
             self.s4_hat.eval()
-        self.in_dim, self.out_dim = d_model, self.backbone.out_dim
+        self.in_dim, self.out_dim = d_model, self.vis4mer.out_dim
         self.last_keep_idx: torch.Tensor | None = None  # (B, k) of the last forward, for inspection
 
     def train(self, mode: bool = True) -> "S5":
@@ -140,7 +142,7 @@ class S5(nn.Module):
         if self.s4_hat is None:
             return
         m = self.m if m is None else m
-        first = self.backbone.decoder.blocks[0]
+        first = self.vis4mer.decoder.blocks[0]
         src = nn.Sequential(first.norm, first.mixer)
         for p_hat, p in zip(self.s4_hat.parameters(), src.parameters()):
             p_hat.mul_(m).add_(p.detach(), alpha=1 - m)
@@ -174,7 +176,7 @@ class S5(nn.Module):
 
     def forward_features(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         """(B, L, D) -> (B, D_out); ``grid`` is accepted for a uniform interface and not used."""
-        return self.backbone.forward_features(self.select(x))  # (B, D_out)
+        return self.vis4mer.forward_features(self.select(x))  # (B, D_out)
 
     def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
-        return self.backbone.head(self.forward_features(x))  # (B, num_classes)
+        return self.vis4mer.head(self.forward_features(x))  # (B, num_classes)

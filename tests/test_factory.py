@@ -48,9 +48,9 @@ def test_every_registered_model_trains_from_a_config(width):
                                                          "model.depth=2", "model.state_size=8", "model.dropout=0.0"])
         model = build_model(cfg.model, in_dim=1280, num_classes=3)
         if family_of(name) in INPUT_WIDTH:
-            assert model.backbone.in_dim == 1280 and isinstance(model.proj, torch.nn.Identity), name
+            assert model.temporal.in_dim == 1280 and isinstance(model.proj, torch.nn.Identity), name
         else:
-            assert model.backbone.in_dim == width and model.proj.out_features == width, name
+            assert model.temporal.in_dim == width and model.proj.out_features == width, name
             assert model_args(cfg.model)["d_model"] == width
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses = []
@@ -80,4 +80,4 @@ def test_s4_kernel_flag_reaches_the_layers(kernel):
 
 def test_bimamba_keeps_its_width_when_the_config_leaves_it_to_the_flavour():
     cfg = load_config("configs/demo_finetune.yaml", ["model.name=bimamba_debug", "model.width=null"])
-    assert build_model(cfg.model, in_dim=1280, num_classes=3).backbone.in_dim == 32  # the flavour's d_model
+    assert build_model(cfg.model, in_dim=1280, num_classes=3).temporal.in_dim == 32  # the flavour's d_model

@@ -118,14 +118,14 @@ def test_s5_lean_selection_equals_plain_composition():
     torch.testing.assert_close(out, ref)
     for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), params)):
         torch.testing.assert_close(a, b)
-    mixer = m.backbone.decoder.blocks[0].mixer
+    mixer = m.vis4mer.decoder.blocks[0].mixer
     assert mixer.training and not torch.equal(mixer(x), mixer(x))  # the trained S4: dropout
 
 
 def test_s5_momentum_update_matches_formula():
     torch.manual_seed(0)
     m = S5(num_classes=2, d_model=16, depth=1, d_state=4, momentum=0.9)
-    first = m.backbone.decoder.blocks[0]
+    first = m.vis4mer.decoder.blocks[0]
     with torch.no_grad():
         for p in list(first.norm.parameters()) + list(first.mixer.parameters()):
             p.add_(torch.randn_like(p))
@@ -141,7 +141,7 @@ def test_s5_keep_ratio_one_equals_vis4mer():
     torch.manual_seed(0)
     s5 = S5(num_classes=3, d_model=32, depth=3, d_state=8, dropout=0.0, keep_ratio=1.0).eval()
     v = ViS4mer(num_classes=3, d_model=32, depth=3, d_state=8, dropout=0.0, pool="avg1d").eval()
-    v.load_state_dict(s5.backbone.state_dict())
+    v.load_state_dict(s5.vis4mer.state_dict())
     x = torch.randn(2, 64, 32)
     torch.testing.assert_close(s5(x), v(x), rtol=1e-6, atol=1e-6)
     s5.keep_ratio = 0.5

@@ -32,7 +32,7 @@ def test_straight_through_gradient_per_selection(selection):
     x_hat = m.select(x)
     idx = m.last_keep_idx
     x_hat.retain_grad()
-    out = m.backbone(x_hat)
+    out = m.vis4mer(x_hat)
     w = torch.randn(out.shape)
     (out * w).sum().backward()
     if selection == "mask":
@@ -101,7 +101,7 @@ def test_momentum_scores_are_the_eval_copy_of_the_ema():
     update S4_hat = m S4_hat + (1 - m) S4 - checked against a copy made and updated here."""
     torch.manual_seed(0)
     m = S5(num_classes=4, d_model=32, depth=2, d_state=8, dropout=0.3, keep_ratio=0.25, momentum=0.8).train()
-    first = m.backbone.decoder.blocks[0]
+    first = m.vis4mer.decoder.blocks[0]
     with torch.no_grad():
         for p in first.mixer.parameters():
             p.add_(0.1 * torch.randn_like(p))

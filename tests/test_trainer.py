@@ -145,7 +145,7 @@ def test_pretrain_then_finetune_init_from(demo_shards, tmp_path):
     out = finish(torchrun(ft, demo_shards, f"run.init_from={pre}", "train.max_steps=2", "train.eval_every_steps=100",
                           "checkpoint.every_steps=100"), run_dir=ft)
     line = next(l for l in out.splitlines() if l.startswith("init_from"))
-    assert "missing keys ['backbone.backbone.head.weight', 'backbone.backbone.head.bias']" in line
+    assert "missing keys ['temporal.vis4mer.head.weight', 'temporal.vis4mer.head.bias']" in line
     assert "unexpected keys []" in line
 
 
