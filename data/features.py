@@ -11,7 +11,8 @@ video and epoch.
 Writer (:func:`write_feature_cache`): one record per clip or window with fields ``tokens``
 (T*P, D) float16 (stored as its int16 bits), ``label`` (int64 class id, float target, or
 multi-hot float32 (C,)), ``video`` (int index into the sidecar ``<file>.videos.json``) and
-``bounds`` (2,) float32 seconds; ``<file>.json`` records the token shape and how the clips were cut.
+``bounds`` (2,) float32 seconds; ``<file>.json`` records the token shape and how the clips were cut,
+``<file>.captions.json`` (captioning) each video's reference caption.
 Reader (:class:`FeatureLoader`): ffcv's ``Loader`` with a rank-aware order, yielding the trainer's
 batch dicts with ``tokens`` (B, T*P, D) float32 instead of ``video``.
 """
@@ -35,8 +36,9 @@ def feature_path(root: str, split: str) -> str:
 
 def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim: int, label_shape: tuple = (),
                         label_dtype=np.int64, num_workers: int = 1, meta: dict | None = None) -> int:
-    """Write records ``{"tokens": (num_tokens, dim), "label", "video_id": str, "bounds": (2,)}`` to the
-    FFCV file ``path`` (+ ``path.videos.json``, and ``path.json`` = ``meta`` + the token shape).
+    """Write records ``{"tokens": (num_tokens, dim), "label", "video_id": str, "bounds": (2,)}`` (+ an
+    optional ``"caption"``: the video's reference text) to the FFCV file ``path`` (+ ``path.videos.json``,
+    ``path.captions.json`` when records carry captions, and ``path.json`` = ``meta`` + the token shape).
     Tokens are staged in a float16 memmap first, so memory stays bounded. Returns the number of records."""
     from ffcv.fields import FloatField, IntField, NDArrayField
     from ffcv.writer import DatasetWriter
@@ -44,7 +46,7 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
     tmpdir = tempfile.mkdtemp(prefix=".features-", dir=os.path.dirname(os.path.abspath(path)) or ".")
     cap, n = 1024, 0
     mm = np.lib.format.open_memmap(os.path.join(tmpdir, "tok.npy"), "w+", np.float16, (cap, num_tokens, dim))
-    labels, vids, bounds, video_ids = [], [], [], {}
+    labels, vids, bounds, video_ids, captions = [], [], [], {}, {}
     for r in records:
         if n == cap:  # grow the staging file
             cap *= 2
@@ -56,6 +58,8 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
         labels.append(np.asarray(r["label"], dtype=label_dtype))
         vids.append(video_ids.setdefault(r["video_id"], len(video_ids)))
         bounds.append(np.asarray(r["bounds"], dtype=np.float32))
+        if "caption" in r:  # captioning: one reference text per video
+            captions[r["video_id"]] = r["caption"]
         n += 1
     mm.flush()
 
@@ -74,6 +78,9 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
     DatasetWriter(path, fields, num_workers=num_workers).from_indexed_dataset(_Staged())
     with open(path + ".videos.json", "w") as f:
         json.dump(sorted(video_ids, key=video_ids.get), f)
+    if captions:
+        with open(path + ".captions.json", "w") as f:
+            json.dump(captions, f)
     if (meta or {}).get("clips") == "all_segments":  # the loader draws each video's segments by record
         np.save(path + ".record_video.npy", np.asarray(vids, dtype=np.int32))
     with open(path + ".json", "w") as f:
@@ -158,7 +165,7 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
 
 class FeatureLoader(ClipLoader):
     """Batches of one rank from a cache file: ``tokens`` (B, T*P, D) float32, ``label``, ``video_id``
-    (list of B), ``bounds`` (B, 2) seconds. A cache of single segments (``tools/extract_features.py``
+    (list of B), ``bounds`` (B, 2) seconds, and ``caption`` (list of B) when the cache has captions. A cache of single segments (``tools/extract_features.py``
     with ``data.sampling: segments``) yields each video once per epoch as T = ``frames`` of its
     segments, drawn afresh each epoch (:func:`_segment_order`).
 
@@ -183,6 +190,7 @@ class FeatureLoader(ClipLoader):
             raise FileNotFoundError(f"data.features: {path} does not exist (write it with tools/extract_features.py)")
         self.video_ids = json.load(open(path + ".videos.json"))
         self.meta = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
+        self.captions = json.load(open(path + ".captions.json")) if os.path.exists(path + ".captions.json") else None
         reader = Reader(path)
         self.num_samples = int(reader.num_samples)
         label_dec = {"FloatField": FloatDecoder, "NDArrayField": NDArrayDecoder}.get(
@@ -231,8 +239,11 @@ class FeatureLoader(ClipLoader):
                 tokens = tokens.reshape(-1, T * tokens.shape[1], tokens.shape[2])  # (B, T*P, D)
                 label, video = label[::T], video[::T]
                 bounds = torch.stack([bounds[::T, 0], bounds[T - 1::T, 1]], 1)  # (B, 2) first start, last end
-            yield {"tokens": tokens, "label": label, "video_id": [self.video_ids[int(v)] for v in video],
-                   "bounds": bounds}
+            batch = {"tokens": tokens, "label": label, "video_id": [self.video_ids[int(v)] for v in video],
+                     "bounds": bounds}
+            if self.captions is not None:  # captioning: each clip's video's reference caption
+                batch["caption"] = [self.captions[v] for v in batch["video_id"]]
+            yield batch
         if not self.finite:
             self.epoch, self.step = self.epoch + 1, 0
 

@@ -1,4 +1,5 @@
-"""What each Slurm (or local) task runs: :class:`TrainJob`, a picklable, requeueable trainer call.
+"""What each Slurm (or local) task runs: :class:`TrainJob`, a picklable, requeueable trainer call,
+and :class:`FeatureJob`, the one-task extraction of a frozen-feature cache its finetunes wait for.
 
 submitit pickles a ``TrainJob`` and starts one Python process per task (``srun`` on Slurm, a
 subprocess with the local executor). Each process sets up the distributed environment
@@ -105,3 +106,37 @@ class TrainJob:
 
     def __repr__(self) -> str:
         return f"TrainJob({self.config!r}, {self.overrides!r}, requeues={self.requeues})"
+
+
+class FeatureJob:
+    """One ``features`` stage: ``tools/extract_features.py --config config --splits ... overrides`` in
+    ``workdir``, a single task. It writes ``data.features`` of the config, which the finetunes that
+    depend on it (Slurm ``afterok``) train on. A requeue starts the extraction over (it is short next
+    to training: the encoder sees each clip once).
+
+    Args:
+        config, overrides: the finetune's config and overrides (the cache is what it reads).
+        workdir: directory the task runs in. splits: the splits to extract (every split its finetunes read).
+    """
+
+    def __init__(self, config: str, overrides: list[str], workdir: str, splits: list[str]):
+        self.config, self.overrides, self.workdir, self.splits = config, list(overrides), workdir, list(splits)
+
+    def __call__(self) -> dict:
+        from s5video.tools import extract_features
+        from s5video.trainer.config import load_config
+
+        os.chdir(self.workdir)
+        code = extract_features.main(["--config", self.config, "--splits", ",".join(self.splits), *self.overrides])
+        if code != 0:
+            raise RuntimeError(f"extract_features.py exited with code {code}")
+        return {"status": "finished", "features": load_config(self.config, self.overrides).data.features}
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook on preemption/timeout: extract again from the start."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(FeatureJob(self.config, self.overrides, self.workdir, self.splits))
+
+    def __repr__(self) -> str:
+        return f"FeatureJob({self.config!r}, {self.overrides!r}, splits={self.splits})"

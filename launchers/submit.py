@@ -44,7 +44,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_REPO, "launchers"):
     sys.path[0] = _REPO  # `python launchers/submit.py`: import the packages
 
-from s5video.launchers.job import TrainJob  # noqa: E402
+from s5video.launchers.job import FeatureJob, TrainJob  # noqa: E402
 from s5video.launchers.tasks import list_tasks, task_config, task_name  # noqa: E402
 from s5video.trainer.config import ConfigError, LaunchConfig, load_config  # noqa: E402
 from s5video.trainer.preflight import elastic_resume, preflight, train_samples  # noqa: E402
@@ -64,7 +64,9 @@ class LaunchError(RuntimeError):
 
 @dataclass
 class Stage:
-    """One job: a config + overrides with its resources; ``after`` names the stage it waits for."""
+    """One job: a config + overrides with its resources; ``after`` names the stages it waits for.
+    A ``features`` stage extracts the frozen-feature cache (``data.features``) its finetunes train on;
+    its ``run_dir`` is that cache directory."""
 
     name: str
     config: str
@@ -72,9 +74,12 @@ class Stage:
     launch: LaunchConfig
     run_dir: str
     mode: str
-    after: str | None = None
+    after: list[str] = field(default_factory=list)  # the stages it waits for (Slurm afterok)
+    kind: str = "train"  # "train" (trainer/main.py) or "features" (tools/extract_features.py, one task)
     schedule: Schedule | None = None  # resolved for the stage's world size (None: sample count unknown)
     elastic: str | None = None  # resumes a checkpoint of another world size (trainer.preflight.elastic_resume)
+    reason: str | None = None  # features: why the cache is (re)extracted
+    splits: list[str] = field(default_factory=list)  # features: the splits its finetunes read
     job: object = field(default=None, repr=False)
 
     @property
@@ -111,22 +116,88 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str], dict[str, l
     return tasks, common, scoped
 
 
-def make_stage(name: str, config: str, overrides: list[str], flags: dict, init_from_pending: bool = False) -> Stage:
+def make_stage(name: str, config: str, overrides: list[str], flags: dict, init_from_pending: bool = False,
+               features_pending: bool = False) -> Stage:
     """Load and validate ``config`` + ``overrides`` and check it against the shards and the file system
-    (trainer.preflight: splits, run.init_from - unless an earlier stage writes it -, weights, classes,
-    the global batch for this world size) -> Stage. Raises ConfigError naming the stage and the key."""
+    (trainer.preflight: splits, run.init_from and the feature cache - unless an earlier stage writes
+    them -, weights, classes, the global batch for this world size) -> Stage. Raises ConfigError naming
+    the stage and the key."""
     cfg = load_config(config, overrides)
     launch = dataclasses.replace(cfg.launch, **{_FLAG_TO_LAUNCH[k]: v for k, v in flags.items() if v is not None})
     if launch.nodes < 1 or launch.gpus_per_node < 0 or launch.tasks_per_node < 0:
         raise ConfigError(f"{name}: launch.nodes must be >= 1 and gpus/tasks per node >= 0, got {launch}")
     stage = Stage(name, config, list(overrides), launch, cfg.run.dir, cfg.run.mode)
     try:
-        samples = train_samples(cfg, preflight(cfg, init_from_pending=init_from_pending))
+        samples = train_samples(cfg, preflight(cfg, init_from_pending=init_from_pending,
+                                               features_pending=features_pending))
         stage.elastic = elastic_resume(cfg, stage.world_size)  # a resubmission with other --nodes
         if samples and cfg.run.mode != "eval":
             stage.schedule = resolve_schedule(cfg, samples, stage.world_size)
     except ConfigError as e:
         raise ConfigError(f"{name} ({config}): {e}") from None
+    return stage
+
+
+def features_overrides(config: str, overrides: list[str], features: bool) -> list[str]:
+    """A finetune's overrides for training on frozen features: ``data.backend=features`` first when
+    ``features`` (a pipeline whose pretraining config sets ``launch.finetune_features``), and, for a
+    finetune on features that names no ``data.features``, ``<run.dir's parent>/features/<key>``. The
+    key is a hash of the cache the finetune needs (trainer.preflight.feature_cache_meta), so finetunes
+    with the same encoder, input and shards share one extraction and any other setting gets its own
+    directory. They come before ``overrides``: a stage's own ``data.backend`` / ``data.features`` wins."""
+    import hashlib
+
+    from s5video.trainer.preflight import feature_cache_meta, splits_read
+
+    first = ["data.backend=features"] if features else []
+    cfg = load_config(config, first + overrides)
+    if cfg.data.backend != "features" or cfg.data.features:
+        return first + overrides
+    splits = sorted({p for v in splits_read(cfg).values() for p in v.split("+")})
+    want = {s: feature_cache_meta(cfg, s) for s in splits}
+    for meta in want.values():
+        if meta["shards"] and "://" not in meta["shards"]:
+            meta["shards"] = os.path.realpath(meta["shards"])
+    key = hashlib.sha1(json.dumps(want, sort_keys=True).encode()).hexdigest()[:10]
+    root = os.path.join(os.path.dirname(os.path.normpath(cfg.run.dir)), "features", key)
+    return first + [f"data.features={root}"] + overrides
+
+
+def features_stage(name: str, config: str, overrides: list[str], planned: dict) -> Stage | None:
+    """The stage that extracts the frozen-feature cache finetune ``name`` trains on (``data.backend:
+    features``), or None when it reads video or its cache is there and matches its config
+    (trainer.preflight.feature_cache_stale: the encoder, its input, the clips and the shards).
+
+    One extraction per cache directory: ``planned`` (directory -> (the cache wanted, its stage or
+    None, the first finetune), updated) lets finetunes that share a directory share its stage.
+    Raises LaunchError when two finetunes want different caches in one directory."""
+    from s5video.trainer.preflight import feature_cache_meta, feature_cache_stale, splits_read
+
+    cfg = load_config(config, overrides)
+    if cfg.data.backend != "features" or not cfg.data.features:
+        return None  # (no directory: preflight names the key)
+    splits = list(dict.fromkeys(p for v in splits_read(cfg).values() for p in v.split("+")))
+    want = {s: feature_cache_meta(cfg, s) for s in splits}
+    root = os.path.realpath(cfg.data.features)
+    if root in planned:
+        theirs, stage, first = planned[root]
+        if any(theirs.get(s, want[s]) != want[s] for s in splits):
+            raise LaunchError(f"{name} and {first} want different feature caches in data.features="
+                              f"{cfg.data.features}; set {name}:data.features=<another directory>")
+        theirs.update(want)
+        if stage:
+            stage.splits = list(dict.fromkeys(stage.splits + splits))
+        return stage
+    stale = [why for s in splits if (why := feature_cache_stale(cfg, s))]
+    stage = None
+    if stale:
+        launch = dataclasses.replace(cfg.launch, nodes=1, tasks_per_node=1,
+                                     gpus_per_node=min(1, cfg.launch.gpus_per_node))
+        stage = Stage(f"features_{name}", config, list(overrides), launch, cfg.data.features, "features",
+                      kind="features", reason=stale[0])
+    if stage:
+        stage.splits = list(dict.fromkeys(stage.splits + splits))
+    planned[root] = (want, stage, name)
     return stage
 
 
@@ -139,7 +210,8 @@ def plan(args) -> list[Stage]:
     if args.stage == "pretrain" and tasks:
         raise LaunchError(f"pretrain takes no tasks, got {tasks} (did you mean pipeline?)")
     if args.stage == "pipeline":
-        tasks = tasks or load_config(config, common + scoped.get("pretrain", [])).launch.finetunes
+        pre_launch = load_config(config, common + scoped.get("pretrain", [])).launch
+        tasks = tasks or pre_launch.finetunes
         if not tasks:
             raise LaunchError(f"pipeline: no finetune tasks (give TASKs or set launch.finetunes in {config})")
     elif args.stage == "finetune":
@@ -161,18 +233,25 @@ def plan(args) -> list[Stage]:
         if pre.mode != "pretrain":
             raise ConfigError(f"{config}: run.mode is {pre.mode!r}; the pretrain stage needs run.mode=pretrain")
         stages.append(pre)
+    features: dict = {}  # cache directory -> (the cache wanted, the stage extracting it or None, first finetune)
+    finetunes: list[Stage] = []
     for t in tasks:
         name, cfg_path = task_name(t), configs[t]
         own = common + scoped.get(name, [])
+        own = features_overrides(cfg_path, own, args.stage == "pipeline" and pre_launch.finetune_features)
         ft_flags = {k: v for k, v in flags.items() if not (args.stage == "pipeline" and k in _SIZE_FLAGS)}
+        extract = features_stage(name, cfg_path, own, features)
+        pending = {"features_pending": extract is not None}
         if args.stage == "pipeline" and load_config(cfg_path, own).launch.init_from_pretrain:
             ft = make_stage(name, cfg_path, own + [f"run.init_from={stages[0].run_dir}"], ft_flags,
-                            init_from_pending=True)
-            ft.after = "pretrain"
+                            init_from_pending=True, **pending)
+            ft.after.append("pretrain")
         else:
-            ft = make_stage(name, cfg_path, own, ft_flags)
-        stages.append(ft)
-    dirs = [s.run_dir for s in stages]
+            ft = make_stage(name, cfg_path, own, ft_flags, **pending)
+        ft.after += [extract.name] if extract else []
+        finetunes.append(ft)
+    stages += [st for _, st, _ in features.values() if st] + finetunes  # the extractions wait for nothing (the encoder is frozen)
+    dirs = [s.run_dir for s in stages if s.kind == "train"]
     if len(set(dirs)) != len(dirs):
         raise LaunchError(f"two stages share a run.dir: {dirs}; set NAME:run.dir=... for one of them")
     return stages
@@ -208,12 +287,18 @@ def _local_gpus() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def train_job(stage: Stage) -> TrainJob:
+def train_job(stage: Stage) -> TrainJob | FeatureJob:
+    if stage.kind == "features":
+        return FeatureJob(stage.config, stage.overrides, os.getcwd(), stage.splits)
     return TrainJob(stage.config, stage.overrides, os.getcwd(), stage.launch.max_requeues)
 
 
 def trainer_command(stage: Stage) -> str:
-    """The trainer invocation each task runs (what ``deepspeed trainer/main.py`` would run)."""
+    """What each task runs: the trainer (what ``deepspeed trainer/main.py`` would run), or the feature
+    extraction of a ``features`` stage."""
+    if stage.kind == "features":
+        return " ".join(["tools/extract_features.py", "--config", stage.config, "--splits", ",".join(stage.splits),
+                         *stage.overrides])
     return " ".join(["trainer/main.py", "--config", stage.config, *stage.overrides])
 
 
@@ -222,8 +307,10 @@ def print_plan(stages: list[Stage], local: bool) -> None:
     print(f"{len(stages)} job(s), {'local (LocalExecutor)' if local else 'Slurm (submitit)'}; nothing submitted")
     for i, s in enumerate(stages, 1):
         L = s.launch
-        dep = f"afterok:{s.after.upper()}_JOB_ID" if s.after else "none"  # the id exists once submitted
-        print(f"\n[{i}] {s.name}: {s.mode}, config {s.config}, run dir {s.run_dir}")
+        # the ids exist once submitted
+        dep = "afterok:" + ":".join(f"{a.upper()}_JOB_ID" for a in s.after) if s.after else "none"
+        where = f"cache {s.run_dir} ({s.reason})" if s.kind == "features" else f"run dir {s.run_dir}"
+        print(f"\n[{i}] {s.name}: {s.mode}, config {s.config}, {where}")
         print(f"    resources: {L.nodes} node(s) x {s.tasks_per_node} task(s) = world size {s.world_size}; "
               f"{L.gpus_per_node} GPU(s)/node, {L.cpus_per_task} CPU(s)/task, time {L.time_min} min, "
               f"partition {L.partition or '(default)'}, account {L.account or '-'}, qos {L.qos or '-'}, "
@@ -231,7 +318,7 @@ def print_plan(stages: list[Stage], local: bool) -> None:
         print(f"    depends on: {dep}")
         if s.elastic:
             print(f"    elastic resume: {s.elastic}")
-        if s.schedule:
+        if s.schedule and s.kind == "train":
             print(f"    schedule: {s.schedule.describe(s.world_size, load_config(s.config, s.overrides).data.batch_size)}")
         print(f"    each task runs: {trainer_command(s)}")
         if not local:
@@ -333,7 +420,7 @@ def run(stages: list[Stage], local: bool, wait: bool) -> list[dict]:
     for s in stages:
         dependency = None
         if s.after and not local:
-            dependency = f"afterok:{by_name[s.after].job.job_id}"
+            dependency = "afterok:" + ":".join(by_name[a].job.job_id for a in s.after)
         ex = make_executor(s, local, dependency)
         s.job = ex.submit(train_job(s))
         by_name[s.name] = s
@@ -345,6 +432,8 @@ def run(stages: list[Stage], local: bool, wait: bool) -> list[dict]:
               f"{', after ' + dependency if dependency else ''}); logs {s.job.paths.stdout}", flush=True)
         if s.elastic:
             print(f"  {s.name} {s.elastic}", flush=True)
+        if s.kind == "features" and s.reason:
+            print(f"  {s.name}: {s.reason}", flush=True)
         if local:  # one stage at a time on this machine, output as it comes
             results.append(wait_for(s))
             print(f"finished {s.name}: {s.run_dir}", flush=True)
@@ -398,8 +487,9 @@ def main(argv=None) -> int:
         return 2
     if results and len(results) == len(stages):  # every stage finished: summary.json + table
         from s5video.launchers import summary
-        out = os.path.commonpath([os.path.abspath(os.path.dirname(s.run_dir.rstrip("/"))) for s in stages])
-        summ = summary.summarize({s.name: s.run_dir for s in stages})
+        runs = [s for s in stages if s.kind == "train"]
+        out = os.path.commonpath([os.path.abspath(os.path.dirname(s.run_dir.rstrip("/"))) for s in runs])
+        summ = summary.summarize({s.name: s.run_dir for s in runs})
         path = summary.write(summ, out)
         print("\n" + summary.table(summ))
         print(f"\nsummary: {os.path.relpath(path)} (plots: curves.png, confusion_<stage>.png next to it)")

@@ -53,6 +53,34 @@ def test_cached_windows_equal_on_the_fly(demo_shards, tmp_path):
         torch.testing.assert_close(c_tok, tok, rtol=2e-3, atol=2e-3)  # float16 storage
 
 
+def test_captions_are_cached_with_the_tokens_and_a_stale_cache_is_named(demo_shards, tmp_path):
+    """A captioner's cache carries each video's reference caption: the same text the video loader
+    gives for that video. The trainer's check names the setting a reused cache differs in."""
+    from s5video.trainer.config import load_config
+    from s5video.trainer.preflight import feature_cache_stale
+    out = tmp_path / "features"
+    cfg = ["configs/demo_caption.yaml", f"data.shards={demo_shards}", "data.image_size=64", "data.frames=2"]
+    _run("tools/extract_features.py", "--config", cfg[0], "--out", str(out), "--splits", "val", *cfg[1:])
+    cached = {}
+    for b in build_loader("features", "", "val", ClipSpec(mode="val"), batch_size=4, features=str(out)):
+        cached.update(zip(b["video_id"], b["caption"]))
+    video = {}
+    for b in VideoLoader(str(demo_shards), "val", ClipSpec(mode="val", frames=2, seconds=2.0), 4, 64, num_workers=0,
+                         finite=True, task="captioning"):
+        video.update(zip(b["video_id"], b["caption"]))
+    assert len(video) == 21 and cached == video and len(set(video.values())) > 1
+    ok = load_config(REPO / cfg[0], [*cfg[1:], "data.backend=features", f"data.features={out}"])
+    assert feature_cache_stale(ok, "val") is None
+    for key, value, says in (("data.image_size", "96", "data.image_size: cache 64, config 96"),
+                             ("model.encoder", "vit", "model.encoder: cache 'efficientnet_lite0'"),
+                             ("data.shards", str(tmp_path), "data.shards: cache"),
+                             ("model.task", "classification", "model.task: cache 'captioning'")):
+        extra = ["model.name=s5_debug"] if key == "model.task" else []
+        other = load_config(REPO / cfg[0], [*cfg[1:], "data.backend=features", f"data.features={out}",
+                                            f"{key}={value}", *extra])
+        assert says in (feature_cache_stale(other, "val") or ""), key
+
+
 def test_two_ranks_read_every_record_once_and_resume(demo_shards, tmp_path):
     from s5video.data.features import FeatureLoader, feature_path
     out = tmp_path / "features"

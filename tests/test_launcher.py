@@ -18,6 +18,7 @@ import pytest
 
 from s5video.launchers import submit
 from s5video.launchers.slurm_env import master_port, slurm_master_addr
+from s5video.trainer.config import load_config
 from tests.helpers import TINY as HELPER_TINY
 from tests.helpers import paper_stubs
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
@@ -69,16 +70,66 @@ def test_dry_run_pipeline_shows_dependent_finetunes(stubs):
 def test_plan_scoped_overrides_and_baselines(demo_shards):
     args = submit.build_parser().parse_args(
         ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}", "train.max_steps=3",
-         "pretrain:train.max_steps=5", "demo_vis4mer:model.depth=1"])
+         "pretrain:train.max_steps=5", "demo_vis4mer:model.depth=1", "pretrain:launch.finetune_features=false"])
     stages = {s.name: s for s in submit.plan(args)}
     assert list(stages) == ["pretrain", "demo", "demo_scratch", "demo_vis4mer", "demo_caption"]
-    assert stages["pretrain"].overrides == [f"data.shards={demo_shards}", "train.max_steps=3", "train.max_steps=5"]
-    assert stages["demo"].after == "pretrain" and "run.init_from=runs/demo/pretrain" in stages["demo"].overrides
+    assert stages["pretrain"].overrides == [f"data.shards={demo_shards}", "train.max_steps=3", "train.max_steps=5",
+                                            "launch.finetune_features=false"]
+    assert stages["demo"].after == ["pretrain"] and "run.init_from=runs/demo/pretrain" in stages["demo"].overrides
     # the baselines never start from the pretraining run and do not wait for it
     for b in ("demo_scratch", "demo_vis4mer", "demo_caption"):
-        assert stages[b].after is None and not any(o.startswith("run.init_from") for o in stages[b].overrides)
+        assert stages[b].after == [] and not any(o.startswith("run.init_from") for o in stages[b].overrides)
     assert stages["demo_vis4mer"].overrides[-1] == "model.depth=1"
     assert stages["demo"].world_size == 2
+
+
+def test_pipeline_finetunes_share_one_feature_extraction(demo_shards):
+    """The demo pipeline (launch.finetune_features): the three classifiers wait for one extraction,
+    the captioner (another encoder input) for its own; the S5 finetune also waits for pretraining."""
+    args = submit.build_parser().parse_args(
+        ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}"])
+    stages = {s.name: s for s in submit.plan(args)}
+    assert list(stages) == ["pretrain", "features_demo", "features_demo_caption", "demo", "demo_scratch",
+                            "demo_vis4mer", "demo_caption"]
+    assert stages["demo"].after == ["pretrain", "features_demo"]
+    assert stages["demo_scratch"].after == stages["demo_vis4mer"].after == ["features_demo"]
+    assert stages["demo_caption"].after == ["features_demo_caption"]
+    cache = {n: load_config(REPO / stages[n].config, stages[n].overrides).data for n in stages if n.startswith("demo")}
+    assert {c.backend for c in cache.values()} == {"features"}
+    assert cache["demo"].features == cache["demo_scratch"].features == cache["demo_vis4mer"].features
+    assert cache["demo_caption"].features != cache["demo"].features
+    assert stages["features_demo"].run_dir == cache["demo"].features and stages["features_demo"].splits == [
+        "train", "val", "test"]
+    assert stages["features_demo"].world_size == 1
+
+
+def test_features_stage_extracts_once_and_a_changed_input_extracts_again(demo_shards, tmp_path):
+    """`submit.py --local finetune ... data.backend=features`: a features stage writes the cache, the
+    finetune trains on it; planned again, the cache is reused; a changed encoder input gets a new cache
+    directory, and a cache directory reused with another input is re-extracted (with the reason)."""
+    run = ["configs/demo_finetune.yaml", f"data.shards={demo_shards}", *TINY, "data.frames=2",
+           "data.backend=features", "train.max_steps=2", "train.eval_every_steps=100", "launch.tasks_per_node=1"]
+    r = cli("--local", "finetune", *run, f"run.dir={tmp_path / 'ft'}", timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "submitted features_demo_finetune" in r.stdout and "finished demo_finetune" in r.stdout
+    res = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert res["test"]["videos"] == 21  # the demo's test split, read from the cache
+    cache = tmp_path / "features"  # next to the run directory
+    (key,) = os.listdir(cache)
+    stamp = (cache / key / "train.beton").stat().st_mtime
+    again = cli("--local", "--dry-run", "finetune", *run, f"run.dir={tmp_path / 'ft2'}")
+    assert again.returncode == 0 and "features_demo_finetune" not in again.stdout and f"features/{key}" in again.stdout
+    assert (cache / key / "train.beton").stat().st_mtime == stamp
+    bigger = cli("--local", "--dry-run", "finetune", *run, "data.image_size=96", f"run.dir={tmp_path / 'ft3'}")
+    assert bigger.returncode == 0 and "features_demo_finetune" in bigger.stdout and f"features/{key}" not in bigger.stdout
+    reused = cli("--local", "--dry-run", "finetune", *run, "data.image_size=96", f"data.features={cache / key}",
+                 f"run.dir={tmp_path / 'ft4'}")
+    assert reused.returncode == 0 and "data.image_size: cache 64, config 96" in reused.stdout, reused.stdout
+    # the trainer alone refuses the mismatched cache before training, naming the key
+    direct = subprocess.run([sys.executable, "trainer/main.py", "--config", *run, "data.image_size=96",
+                             f"data.features={cache / key}", f"run.dir={tmp_path / 'ft5'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert direct.returncode != 0 and "data.image_size: cache 64, config 96" in direct.stderr + direct.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -178,6 +229,7 @@ def test_slurm_pipeline_finetune_waits_for_pretrain_and_starts_from_it(slurm, de
     stages = _plan(*SLURM_FLAGS, "pipeline", "--config", "configs/demo_pretrain.yaml", "demo",
                    f"data.shards={demo_shards}", *TINY, "train.max_steps=4", "checkpoint.every_steps=100",
                    f"pretrain:run.dir={pre}", f"demo:run.dir={ft}", "demo:data.frames=4",
+                   "pretrain:launch.finetune_features=false",
                    "demo:train.eval_every_steps=2", "demo:launch.nodes=2", "demo:launch.tasks_per_node=1")
     assert (stages[0].launch.nodes, stages[1].launch.nodes) == (2, 2)
     assert [s.name for s in stages] == ["pretrain", "demo"]

@@ -40,16 +40,20 @@ from s5video.data.sources import read_manifest  # noqa: E402
 from s5video.models.encoders import create_encoder  # noqa: E402
 from s5video.trainer.config import ConfigError, load_config  # noqa: E402
 from s5video.trainer.evaluate import eval_clip_spec  # noqa: E402
-from s5video.trainer.preflight import splits_read  # noqa: E402
+from s5video.trainer.preflight import feature_cache_meta, splits_read  # noqa: E402
 
 
 def window_records(loader: VideoLoader, encoder, device: str):
-    """Yield one record per window: tokens (T*P, D) float32 on CPU, label, video_id, bounds."""
+    """Yield one record per window: tokens (T*P, D) float32 on CPU, label, video_id, bounds (and the
+    caption, for captioning)."""
     for batch in loader:
         tokens, _ = encoder(batch["video"].to(device))  # (B, T*P, D)
         for i in range(tokens.shape[0]):
-            yield {"tokens": tokens[i].cpu().numpy(), "label": batch["label"][i].numpy(),
-                   "video_id": batch["video_id"][i], "bounds": batch["bounds"][i].numpy()}
+            record = {"tokens": tokens[i].cpu().numpy(), "label": batch["label"][i].numpy(),
+                      "video_id": batch["video_id"][i], "bounds": batch["bounds"][i].numpy()}
+            if "caption" in batch:
+                record["caption"] = batch["caption"][i]
+            yield record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,11 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             task=task, num_classes=num_classes, finite=True, features=None))
         clips = spec.mode if spec.mode in ("windows", "all_segments") else (
             "segments" if spec.sampling == "segments" else spec.val_clip)
-        meta = {"split": split, "clips": clips, "frames": d.frames, "sampling": d.sampling,
-                "segment_seconds": d.segment_seconds if d.sampling == "segments" else None,
-                "clip_seconds": d.clip_seconds, "stride_seconds": spec.stride if spec.mode == "windows" else None,
-                "image_size": d.image_size, "encoder": cfg.model.encoder, "shards": d.shards,
-                "frame_tokens": cfg.model.frame_tokens, "spatial_grid": cfg.model.spatial_grid,
+        meta = {**feature_cache_meta(cfg, split), "split": split, "clips": clips,
+                "stride_seconds": spec.stride if spec.mode == "windows" else None,
                 "grid": list(grid) if grid else None}  # (T, H', W') of the tokens, for max_st pooling
         records = tqdm(window_records(loader, encoder, device), desc=f"encoding {split}", unit="clip")
         path = feature_path(out, split)

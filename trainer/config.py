@@ -175,6 +175,9 @@ class LaunchConfig:
     max_requeues: int = 3  # preemption/time-limit requeues of one job before it fails
     finetunes: list[str] = field(default_factory=list)  # tasks `submit.py pipeline` runs after pretraining
     init_from_pretrain: bool = True  # in a pipeline, finetune from the pretraining run (False: baselines)
+    # in a pipeline (read from the pretraining config): the finetunes train on a frozen-feature cache
+    # (data.backend=features) extracted once per encoder/input/shards by a features stage, as ViS4mer trains
+    finetune_features: bool = False
 
 
 @dataclass

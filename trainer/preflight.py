@@ -43,10 +43,11 @@ def _manifest(shards: str) -> dict | None:
     return None
 
 
-def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
+def preflight(cfg: Config, init_from_pending: bool = False, features_pending: bool = False) -> dict:
     """Check ``cfg`` against the shards and the file system; returns the manifest (or {}).
 
-    ``init_from_pending``: ``run.init_from`` is written by an earlier stage of the same pipeline.
+    ``init_from_pending`` / ``features_pending``: ``run.init_from`` / the ``data.features`` cache is
+    written by an earlier stage of the same pipeline.
 
     Raises:
         ConfigError: a split the run reads is missing or empty; ``run.init_from``,
@@ -92,7 +93,10 @@ def preflight(cfg: Config, init_from_pending: bool = False) -> dict:
         if cfg.run.mode == "pretrain":
             raise ConfigError("data.backend: 'features' serves finetune and eval; LSMCL pretraining cuts long and short "
                               "clips from the video each step: use data.backend=auto")
-        _check_features(cfg)
+        if not features_pending:
+            _check_features(cfg)
+        elif not cfg.data.features:
+            raise ConfigError("data.features: data.backend=features needs the cache directory to write")
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none") and not (Path(resume) / "meta.json").exists():
         raise ConfigError(f"checkpoint.resume: {resume} is not a complete checkpoint (no meta.json); use auto or none")
@@ -254,9 +258,9 @@ def _check_model(cfg: Config) -> None:
             raise ConfigError("train.zero_stage: 3 is not allowed for captioning (ranks generate captions of "
                               "different lengths; ZeRO-3 gathers weights collectively in every forward); "
                               "allowed values: 0, 1, 2")
-        if cfg.data.backend in ("dali", "features"):
-            raise ConfigError(f"data.backend: {cfg.data.backend!r} does not carry captions; allowed values for "
-                              "captioning: auto, cpu")
+        if cfg.data.backend == "dali":
+            raise ConfigError("data.backend: 'dali' does not carry captions; allowed values for captioning: "
+                              "auto, cpu, features")
         if m.gpt2 and not Path(m.gpt2).is_dir():
             raise ConfigError(f"model.gpt2: {m.gpt2} is not a local GPT-2 directory (transformers format); "
                               "model.gpt2=null trains a new GPT-2")
@@ -277,27 +281,77 @@ def _check_model(cfg: Config) -> None:
                           "random token masks remove the grid. Use model.pool=avg1d (or an S5 model)")
 
 
-def _check_features(cfg: Config) -> None:
+def feature_cache_meta(cfg: Config, split: str) -> dict:
+    """What a frozen-feature cache of ``split`` must have been extracted with for ``cfg`` to train or
+    evaluate on it: the encoder, its input, how the clips were cut and from which shards. Written into
+    the cache's ``<split>.beton.json`` by ``tools/extract_features.py`` and compared with the config by
+    :func:`feature_cache_stale` (a reused cache directory must not feed another dataset's tokens)."""
+    from s5video.trainer.evaluate import eval_clip_spec
+    d, m = cfg.data, cfg.model
+    meta = {"task": m.task, "encoder": m.encoder, "encoder_weights": m.encoder_weights, "frame_tokens": m.frame_tokens,
+            "spatial_grid": m.spatial_grid, "image_size": d.image_size, "frames": d.frames, "sampling": d.sampling,
+            "segment_seconds": d.segment_seconds if d.sampling == "segments" else None,
+            "clip_seconds": d.clip_seconds, "shards": d.shards}
+    if split == d.train_split:
+        meta["clips"] = "all_segments" if d.sampling == "segments" else "windows"
+    else:
+        spec = eval_clip_spec(d)
+        meta["clips"] = spec.mode if spec.mode == "windows" else ("segments" if spec.sampling == "segments"
+                                                                   else spec.val_clip)
+        if spec.mode == "windows":
+            meta["stride_seconds"] = spec.stride
+    return meta
+
+
+_CACHE_KEYS = {"task": "model.task", "encoder": "model.encoder", "encoder_weights": "model.encoder_weights",
+               "frame_tokens": "model.frame_tokens", "spatial_grid": "model.spatial_grid",
+               "image_size": "data.image_size", "frames": "data.frames", "sampling": "data.sampling",
+               "segment_seconds": "data.segment_seconds", "clip_seconds": "data.clip_seconds",
+               "shards": "data.shards", "clips": "data.eval_clip", "stride_seconds": "data.eval_stride_seconds"}
+
+
+def _same_shards(a, b) -> bool:
+    local = [x for x in (a, b) if x and "://" not in str(x)]
+    return os.path.realpath(a) == os.path.realpath(b) if len(local) == 2 else a == b
+
+
+def feature_cache_stale(cfg: Config, split: str) -> str | None:
+    """Why the cache of ``split`` in ``data.features`` cannot serve ``cfg`` (missing, or extracted with
+    other settings - one ``key: cache X, config Y`` per difference), or None when it can."""
     from s5video.data.features import feature_path
+    path = feature_path(cfg.data.features, split)
+    if not os.path.exists(path) or not os.path.exists(path + ".json"):
+        return f"no cache for split {split!r} at {path}"
+    meta = json.loads(Path(path + ".json").read_text())
+    want = feature_cache_meta(cfg, split)
+    if cfg.data.sampling != "segments":
+        meta.setdefault("sampling", "window")
+    if str(meta.get("encoder", "")).startswith("imported:"):  # tools/import_features.py: tokens made elsewhere
+        for k in ("encoder", "encoder_weights", "frame_tokens", "spatial_grid", "image_size", "shards"):
+            want.pop(k)
+    diffs = []
+    for k, v in want.items():
+        if k not in meta or (k == "clip_seconds" and cfg.data.sampling == "segments"):
+            continue  # a cache written before the key was recorded; segments ignore the window length
+        got = meta[k]
+        same = _same_shards(got, v) if k == "shards" else (
+            got == v or (isinstance(v, float) and isinstance(got, (int, float)) and abs(got - v) < 1e-9))
+        if not same:
+            diffs.append(f"{_CACHE_KEYS[k]}: cache {got!r}, config {v!r}")
+    if cfg.model.task == "captioning" and not os.path.exists(path + ".captions.json"):
+        diffs.append("model.task: the cache holds no captions")
+    if diffs:
+        return f"the cache {path} was extracted with other settings ({'; '.join(diffs)})"
+    return None
+
+
+def _check_features(cfg: Config) -> None:
     if not cfg.data.features:
         raise ConfigError("data.features: data.backend=features needs the cache directory written by "
                           "tools/extract_features.py")
     for key, split in splits_read(cfg).items():
         for s in split.split("+"):
-            path = feature_path(cfg.data.features, s)
-            if not os.path.exists(path):
-                raise ConfigError(f"data.features: no cache for split {s!r} ({key}) at {path}; write it with "
-                                  f"python tools/extract_features.py --config ... (every split the run reads)")
-            meta = json.loads(Path(path + ".json").read_text()) if os.path.exists(path + ".json") else {}
-            sampling = meta.get("sampling", "window")
-            if sampling != cfg.data.sampling or (sampling == "segments" and (
-                    meta.get("frames"), meta.get("segment_seconds")) != (cfg.data.frames, cfg.data.segment_seconds)):
-                got = f"sampling={sampling}" + (f", frames={meta.get('frames')}, segment_seconds="
-                                                f"{meta.get('segment_seconds')}" if sampling == "segments" else "")
-                raise ConfigError(f"data.sampling: {cfg.data.sampling!r} (frames={cfg.data.frames}, segment_seconds="
-                                  f"{cfg.data.segment_seconds}), but the cache {path} was extracted with {got}; "
-                                  "re-extract with this config or set the same data.* keys")
-            for k in ("frame_tokens", "spatial_grid"):
-                if k in meta and meta[k] != getattr(cfg.model, k):
-                    raise ConfigError(f"model.{k}: {getattr(cfg.model, k)!r}, but the cache {path} holds "
-                                      f"{k}={meta[k]!r} tokens; re-extract or set model.{k}={meta[k]}")
+            why = feature_cache_stale(cfg, s)
+            if why:
+                raise ConfigError(f"data.features: {why} ({key}); write it with python tools/extract_features.py "
+                                  f"--config <this config> (every split the run reads), or `submit.py` does it")
