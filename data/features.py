@@ -186,8 +186,11 @@ class FeatureLoader(ClipLoader):
         from ffcv.reader import Reader
         from ffcv.transforms import ToTensor
 
+        from s5video.trainer.compat import quiet_numba_finalizer
+
         if not os.path.exists(path):
             raise FileNotFoundError(f"data.features: {path} does not exist (write it with tools/extract_features.py)")
+        quiet_numba_finalizer()  # ffcv's compiled pipelines: a harmless KeyError report at each collection
         self.video_ids = json.load(open(path + ".videos.json"))
         self.meta = json.load(open(path + ".json")) if os.path.exists(path + ".json") else {}
         self.captions = json.load(open(path + ".captions.json")) if os.path.exists(path + ".captions.json") else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
+import sys
 
 import pytest
 import torch
@@ -98,3 +99,31 @@ def test_submitit_sbatch_script_has_the_resources(tmp_path):
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --time=90",
                  "#SBATCH --signal=USR2@90", f"submitit.core._submit {tmp_path}"):
         assert line in script, line
+
+
+def test_numba_finalizer_report_is_dropped_and_every_other_passes(monkeypatch):
+    """The hook drops a KeyError raised in numba's dispatcher `finalizer` (a function of that name
+    compiled under that file name stands in for it) and hands the same error from elsewhere on."""
+    import gc
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append((u.exc_type, str(u.exc_value))))
+    compat.quiet_numba_finalizer()
+    ns: dict = {}
+    exec(compile("def finalizer():\n    raise KeyError('numba')\n", "/venv/site-packages/numba/core/dispatcher.py",
+                 "exec"), ns)
+
+    def other():
+        raise KeyError("ours")
+
+    class Collected:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __del__(self):
+            self.fn()
+
+    Collected(ns["finalizer"])
+    Collected(other)
+    gc.collect()
+    assert seen == [(KeyError, "'ours'")]

@@ -16,6 +16,10 @@ Workarounds (library: what, why):
 * torch/torchdata ``StatefulDataLoader``: its live iterator (``_iterator``, ``_workers``,
   ``_shutdown_workers``) to stop decode workers now, and the layout of its state dict
   (``_snapshot`` / ``_worker_snapshots`` / ``dataset_state``) to read each worker's stream state.
+* numba (under ffcv): its dispatcher finalizer can raise ``KeyError`` when ffcv's compiled
+  pipelines are collected; Python prints that as "Exception ignored in: <finalize object>" after
+  every evaluation on cached features. :func:`quiet_numba_finalizer` drops exactly that report
+  (no private API: a ``sys.unraisablehook`` that matches numba's frame, others pass through).
 * submitit: the job environment's requeue signal (``JobEnvironment._usr_sig``), the sbatch script
   it would write (``slurm._make_sbatch_string``) and its task entry module (``submitit.core._submit``).
 """
@@ -135,3 +139,28 @@ def submitit_sbatch_script(executor) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
     return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {executor.folder}",
                                folder=executor.folder, **executor.parameters)
+
+
+def quiet_numba_finalizer() -> None:
+    """Install (once) a ``sys.unraisablehook`` that drops the ``KeyError`` numba's dispatcher
+    finalizer (``numba/core/dispatcher.py``, ``finalizer``) raises while ffcv's compiled pipelines
+    are garbage collected - harmless, the finalizer only unregisters compiled functions - and hands
+    every other unraisable exception to the hook that was there before."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_s5video_numba", False):
+        return
+
+    def hook(unraisable):
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        if (unraisable.exc_type is KeyError and code is not None and code.co_name == "finalizer"
+                and code.co_filename.replace(os.sep, "/").endswith("numba/core/dispatcher.py")):
+            return
+        previous(unraisable)
+
+    hook._s5video_numba = True
+    sys.unraisablehook = hook
