@@ -29,6 +29,7 @@ depend on which worker or rank reads it, nor on a resume.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,9 @@ class ClipSpec:
     short_inside_long: bool = True
     sampling: str = "window"  # train / val: one window of S seconds, or T segments over the whole video
     segment_seconds: float = 1.0  # segments sampling: the length of one segment
+    crop_scale: tuple | None = None  # training: random resized crop area fraction (lo, hi); None: plain random crop
+    crop_ratio: tuple = (0.75, 4 / 3)  # its aspect ratio range (width / height)
+    hflip: float = 0.0  # training: probability of a horizontal flip
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -63,6 +67,12 @@ class ClipSpec:
             raise ValueError(f"sampling: {self.sampling!r} not allowed; allowed values: {', '.join(SAMPLINGS)}")
         if self.segment_seconds <= 0:
             raise ValueError(f"segment_seconds: must be > 0, got {self.segment_seconds}")
+        if self.crop_scale is not None and not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale: need 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio: need 0 < lo <= hi, got {self.crop_ratio}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"hflip: a probability in [0, 1], got {self.hflip}")
         if self.val_clip not in ("center", "full"):
             raise ValueError(f"eval_clip: {self.val_clip!r} not allowed; allowed values: 'center', 'full'")
 
@@ -155,22 +165,57 @@ def plan_clips(spec: ClipSpec, num_frames: int, fps: float, rng: np.random.Gener
     return [{"video": clip(float(s), spec.seconds, spec.frames)} for s in starts]
 
 
-def spatial_transform(frames: torch.Tensor, size: int, mean, std, train: bool, rng: np.random.Generator) -> torch.Tensor:
+def random_resized_box(H: int, W: int, scale: tuple, ratio: tuple, rng: np.random.Generator) -> tuple:
+    """(top, left, h, w) pixels of a random resized crop of an H x W frame (the "Inception" crop,
+    Szegedy et al. 2015, as torchvision's ``RandomResizedCrop.get_params``): up to 10 draws of an
+    area fraction uniform in ``scale`` and an aspect ratio (w / h) log-uniform in ``ratio`` until the
+    box fits, else the largest centred box whose ratio is clamped to ``ratio``."""
+    area = H * W
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= W and 0 < h <= H:
+            return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
+    in_ratio = W / H
+    if in_ratio < ratio[0]:
+        w, h = W, int(round(W / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = H, int(round(H * ratio[1]))
+    else:
+        h, w = H, W
+    return (H - h) // 2, (W - w) // 2, h, w
+
+
+def spatial_transform(frames: torch.Tensor, size: int, mean, std, train: bool, rng: np.random.Generator,
+                      crop_scale: tuple | None = None, crop_ratio: tuple = (0.75, 4 / 3),
+                      hflip: float = 0.0) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (T, 3, size, size): resize the short side to ``size`` (bilinear,
     antialiased), crop ``size`` x ``size`` (random in training, centre otherwise), scale to [0, 1]
     and normalise with the encoder's mean/std. The resize runs on the uint8 frames (channels-last,
     torch's vectorised uint8 kernel, 6x faster than in float32; within one grey level of it), and
-    only the crop is converted to float."""
+    only the crop is converted to float.
+
+    Training augmentation (one draw per clip, applied to all T frames): ``crop_scale`` (lo, hi)
+    replaces the crop by a random resized crop (:func:`random_resized_box` on the frame, the box
+    resized to ``size`` x ``size``); ``hflip`` is the probability of mirroring the clip left-right."""
     x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, a channels-last view
     H, W = x.shape[-2:]
-    scale = size / min(H, W)
-    nh, nw = max(size, round(H * scale)), max(size, round(W * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)  # (T, 3, nh, nw)
-    if train:
-        top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
-    else:  # centre, rounded half up like DALI's crop anchor (crop_pos 0.5), so both backends agree
-        top, left = int((nh - size) / 2 + 0.5), int((nw - size) / 2 + 0.5)
-    x = x[..., top:top + size, left:left + size].float().div_(255.0)  # (T, 3, size, size)
+    if train and crop_scale is not None:
+        top, left, h, w = random_resized_box(H, W, crop_scale, crop_ratio, rng)
+        x = F.interpolate(x[..., top:top + h, left:left + w], size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False).float().div_(255.0)  # (T, 3, size, size)
+    else:
+        scale = size / min(H, W)
+        nh, nw = max(size, round(H * scale)), max(size, round(W * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)  # (T, 3, nh, nw)
+        if train:
+            top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
+        else:  # centre, rounded half up like DALI's crop anchor (crop_pos 0.5), so both backends agree
+            top, left = int((nh - size) / 2 + 0.5), int((nw - size) / 2 + 0.5)
+        x = x[..., top:top + size, left:left + size].float().div_(255.0)  # (T, 3, size, size)
+    if train and hflip > 0 and rng.random() < hflip:
+        x = x.flip(-1)  # (T, 3, size, size) mirrored left-right
     m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype)[:, None, None]
     return (x - m) / s

@@ -44,10 +44,14 @@ def dali_available() -> bool:
 
 def build_video_pipeline(urls: list[str], batch_size: int, image_size: int, mean, std, shard_id: int,
                          num_shards: int, seed: int, device: str, train: bool, shuffle: bool,
-                         num_threads: int = 2):
+                         num_threads: int = 2, crop_scale: tuple | None = None, crop_ratio: tuple = (0.75, 4 / 3),
+                         hflip: float = 0.0):
     """The DALI pipeline: outputs (frames (F, 3, S, S) float normalised, json bytes) per sample.
 
     device: ``"cpu"`` (device_id None) or ``"mixed"`` (GPU decode, device_id = current CUDA device).
+    Training augmentation as :func:`data.clips.spatial_transform` (one draw per decoded video, so
+    the clips cut from it share it): ``crop_scale`` -> ``fn.random_resized_crop`` (area fraction,
+    aspect ratio ``crop_ratio``), ``hflip`` -> ``crop_mirror_normalize``'s ``mirror`` coin flip.
     """
     from nvidia.dali import fn, pipeline_def, types  # noqa: PLC0415
 
@@ -60,9 +64,16 @@ def build_video_pipeline(urls: list[str], batch_size: int, image_size: int, mean
             paths=urls, ext=["mp4", "json"], missing_component_behavior="error", shard_id=shard_id,
             num_shards=num_shards, random_shuffle=shuffle, initial_fill=256, seed=seed, name="reader")
         frames = fn.decoders.video(video, device=device)  # (F, H, W, 3) uint8
-        frames = fn.resize(frames, resize_shorter=image_size, antialias=True)  # (F, h, w, 3)
-        pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0))) \
-            if train else {}
+        if train and crop_scale is not None:
+            frames = fn.random_resized_crop(frames, size=[image_size, image_size], random_area=list(crop_scale),
+                                            random_aspect_ratio=list(crop_ratio), antialias=True)  # (F, S, S, 3)
+            pos = {}
+        else:
+            frames = fn.resize(frames, resize_shorter=image_size, antialias=True)  # (F, h, w, 3)
+            pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
+                       crop_pos_y=fn.random.uniform(range=(0.0, 1.0))) if train else {}
+        if train and hflip > 0:
+            pos["mirror"] = fn.random.coin_flip(probability=hflip)
         frames = fn.crop_mirror_normalize(
             frames, crop=(image_size, image_size), mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
             dtype=types.FLOAT, output_layout="FCHW", **pos)  # (F, 3, S, S)
@@ -89,7 +100,8 @@ class DaliVideoLoader(ClipLoader):
         self.train = spec.mode in ("train", "pretrain")
         self.maker = SampleMaker(spec, image_size, mean, std, seed, task, num_classes or len(self.shards.classes))
         self._args = dict(urls=self.shards.urls, batch_size=batch_size, image_size=image_size, mean=mean, std=std,
-                          num_shards=world, device=device, train=self.train, shuffle=shuffle, num_threads=num_threads)
+                          num_shards=world, device=device, train=self.train, shuffle=shuffle, num_threads=num_threads,
+                          crop_scale=spec.crop_scale, crop_ratio=spec.crop_ratio, hflip=spec.hflip)
         self.epoch, self.step = 0, 0
         self._start_epoch()
 

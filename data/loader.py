@@ -86,7 +86,8 @@ class SampleMaker:
 
         def clip(idx):
             rows = idx if lookup is None else np.searchsorted(lookup, idx)
-            return spatial_transform(torch.from_numpy(frames[rows]), self.size, self.mean, self.std, train, rng)
+            return spatial_transform(torch.from_numpy(frames[rows]), self.size, self.mean, self.std, train, rng,
+                                     self.spec.crop_scale, self.spec.crop_ratio, self.spec.hflip)
 
         return self.assemble(key, meta, plans, clip)
 

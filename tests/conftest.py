@@ -36,6 +36,8 @@ def demo_shards(tmp_path_factory, demo_footage) -> Path:
 # tier (`make test`, <= 12 min on a 2-core machine) already runs once. The representative that stays
 # is named after each group.
 SLOW = {
+    # augmentation on DALI against the CPU path: test_loader.py::test_random_resized_crop_boxes_follow_their_ranges_and_the_clip_shares_one_draw
+    "test_dali.py::test_dali_augmentation_matches_the_cpu_backend",
     # resume after a kill: test_sigterm_saves_and_exits_cleanly_then_resumes
     "test_trainer.py::test_ten_sigkill_resume_cycles_match_uninterrupted",
     # ZeRO stages: [2] here, 3 in the elastic-eval and export tests

@@ -38,6 +38,27 @@ def test_dali_cpu_and_cpu_backend_agree(demo_shards):
     assert _psnr_normalised(a[1:], b[:-1]) < _psnr_normalised(a, b)
 
 
+def test_dali_augmentation_matches_the_cpu_backend(demo_shards):
+    """Training augmentation on both backends: a random resized crop whose only possible box is the
+    whole 16:9 frame (area 1, ratio 16:9: the film's classes) and a certain flip give the same clips
+    from DALI (fn.random_resized_crop, mirror) as from the CPU path (the clip positions come from the
+    same per-video seeds), and the CPU clips are the mirror images of the unflipped ones."""
+    spec = ClipSpec(mode="train", frames=4, seconds=2.0, crop_scale=(1.0, 1.0), crop_ratio=(16 / 9, 16 / 9), hflip=1.0)
+    plain = ClipSpec(mode="train", frames=4, seconds=2.0, crop_scale=(1.0, 1.0), crop_ratio=(16 / 9, 16 / 9))
+    dali = _by_id(_take(iter(DaliVideoLoader(str(demo_shards), "val", spec, batch_size=3, image_size=64,
+                                             shuffle=False)), 7))
+    cpu = _by_id(_take(iter(VideoLoader(str(demo_shards), "val", spec, batch_size=3, image_size=64, num_workers=0)), 7))
+    unflipped = _by_id(_take(iter(VideoLoader(str(demo_shards), "val", plain, batch_size=3, image_size=64,
+                                              num_workers=0)), 7))
+    film = [k for k in dali if k.split("_")[0] in ("meadow", "burrow", "rodents", "credits")]  # 1280x720 source
+    assert len(dali) == len(cpu) == 21 and len(film) >= 10
+    for key in film:
+        assert dali[key][0].shape == (4, 3, 64, 64)
+        assert _psnr_normalised(dali[key][0], cpu[key][0]) >= 35.0, key
+        assert torch.equal(cpu[key][0], unflipped[key][0].flip(-1)), key
+        assert _psnr_normalised(dali[key][0], unflipped[key][0]) < 30.0, key
+
+
 def test_dali_resume_replays_to_identical_batches(demo_shards, tmp_path):
     spec = ClipSpec(mode="train", frames=4, seconds=2.0)
     kw = dict(spec=spec, batch_size=4, image_size=64, seed=5)

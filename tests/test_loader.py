@@ -213,3 +213,48 @@ def test_uint8_resize_within_one_grey_level_of_float(shape):
     ref = (ref[..., top:top + 112, left:left + 112] - 0.5) / 0.5
     assert out.shape == ref.shape == (T, 3, 112, 112)
     assert (out - ref).abs().max().item() * 0.5 * 255 <= 1.0 + 1e-3
+
+
+def test_random_resized_crop_boxes_follow_their_ranges_and_the_clip_shares_one_draw():
+    """random_resized_box: every box lies in the frame with its area fraction in crop_scale and its
+    aspect ratio in crop_ratio (or is the documented fallback); spatial_transform crops all frames of
+    a clip with one box, resized like torch's own antialiased resize of that box, and hflip mirrors."""
+    import math
+
+    import torch.nn.functional as F
+
+    from s5video.data.clips import random_resized_box
+
+    rng = np.random.default_rng(0)
+    H, W = 144, 256
+    for _ in range(200):
+        top, left, h, w = random_resized_box(H, W, (0.2, 0.9), (0.75, 4 / 3), rng)
+        assert 0 <= top and top + h <= H and 0 <= left and left + w <= W
+        assert 0.2 - 0.02 <= h * w / (H * W) <= 0.9 + 0.02
+        assert math.log(0.75) - 0.05 <= math.log(w / h) <= math.log(4 / 3) + 0.05
+    # ratios the frame cannot hold: the centred box of the nearest ratio
+    assert random_resized_box(100, 100, (0.9, 1.0), (3.0, 4.0), rng) == (33, 0, 33, 100)
+    # one box for the whole clip: frame t carries the value t, so each output frame is constant t
+    T = 3
+    ramp = torch.arange(W, dtype=torch.float32).expand(H, W) * 255 / (W - 1)
+    frames = torch.stack([ramp.round().to(torch.uint8)] * T)[..., None].expand(T, H, W, 3).contiguous()
+    a = spatial_transform(frames, 64, (0.0,) * 3, (1.0,) * 3, True, np.random.default_rng(5), (0.3, 0.6))
+    box = random_resized_box(H, W, (0.3, 0.6), (0.75, 4 / 3), np.random.default_rng(5))
+    top, left, h, w = box
+    ref = F.interpolate(frames.permute(0, 3, 1, 2)[..., top:top + h, left:left + w].float(), size=(64, 64),
+                        mode="bilinear", antialias=True, align_corners=False) / 255
+    assert (a - ref).abs().max().item() * 255 <= 1.0 + 1e-3
+    assert torch.equal(a[0], a[1]) and torch.equal(a[1], a[2])
+    # hflip=1 mirrors the same crop; the horizontal ramp then runs the other way
+    b = spatial_transform(frames, 64, (0.0,) * 3, (1.0,) * 3, True, np.random.default_rng(5), (0.3, 0.6), hflip=1.0)
+    assert torch.equal(b, a.flip(-1)) and b[0, 0, 0, 0] > b[0, 0, 0, -1]
+    # the flip probability: 0.3 of 2,000 clips within 4 standard deviations
+    rng = np.random.default_rng(1)
+    small = frames[:1, :8, :8]
+    flips = sum(bool(spatial_transform(small, 8, (0.0,) * 3, (1.0,) * 3, True, rng, hflip=0.3)[0, 0, 0, 0] >
+                     spatial_transform(small, 8, (0.0,) * 3, (1.0,) * 3, True, np.random.default_rng(9))[0, 0, 0, 0])
+                for _ in range(2000))
+    assert abs(flips - 600) <= 4 * math.sqrt(2000 * 0.3 * 0.7)
+    # evaluation ignores the augmentation: the centre crop as before
+    c = spatial_transform(frames, 64, (0.0,) * 3, (1.0,) * 3, False, np.random.default_rng(5), (0.3, 0.6), hflip=1.0)
+    assert torch.equal(c, spatial_transform(frames, 64, (0.0,) * 3, (1.0,) * 3, False, np.random.default_rng(5)))

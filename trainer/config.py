@@ -54,6 +54,13 @@ class DataConfig:
     batch_size: int = 8  # clips per rank per micro-step
     num_workers: int = 2
     image_size: int = 224  # pixels, square crop fed to the frame encoder
+    # training augmentation (video path; one draw per clip, the same for all its frames): a random
+    # resized crop of this area fraction range [lo, hi] of the frame at an aspect ratio log-uniform in
+    # crop_ratio, resized to image_size (null: resize the short side, random image_size crop), and a
+    # horizontal flip with probability hflip. Evaluation always takes the centre crop.
+    crop_scale: list[float] | None = None
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.0
     frames: int = 60  # T: frames per clip (finetune/eval); the sampling rate is frames / clip_seconds
     clip_seconds: float = 60.0  # span of one clip/window, seconds
     eval_stride_seconds: float = 1.0  # LVU protocol: windows every 1 s
@@ -381,6 +388,13 @@ def validate(cfg: Config) -> None:
         if cfg.run.mode == "pretrain":
             raise ConfigError("data.sampling: 'segments' applies to finetune and eval runs; LSMCL pretraining cuts "
                               "its long and short clips by data.long_seconds / data.short_seconds (allowed: 'window')")
+    d = cfg.data
+    if d.crop_scale is not None and (len(d.crop_scale) != 2 or not 0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0):
+        raise ConfigError(f"data.crop_scale: [lo, hi] with 0 < lo <= hi <= 1 (area fractions), or null; got {d.crop_scale}")
+    if len(d.crop_ratio) != 2 or not 0.0 < d.crop_ratio[0] <= d.crop_ratio[1]:
+        raise ConfigError(f"data.crop_ratio: [lo, hi] with 0 < lo <= hi (width / height); got {d.crop_ratio}")
+    if not 0.0 <= d.hflip <= 1.0:
+        raise ConfigError(f"data.hflip: a probability in [0, 1]; got {d.hflip}")
     if cfg.data.eval_strides_seconds and cfg.data.eval_clip != "windows":
         raise ConfigError("data.eval_strides_seconds: needs data.eval_clip=windows (strides of sliding windows), "
                           f"got eval_clip={cfg.data.eval_clip!r}")

@@ -274,10 +274,12 @@ class Trainer:
         if cfg.run.mode == "pretrain":
             spec = ClipSpec(mode="pretrain", long_frames=d.long_frames, long_seconds=d.long_seconds,
                             short_frames=d.short_frames, short_seconds=d.short_seconds,
-                            short_inside_long=d.short_inside_long)
+                            short_inside_long=d.short_inside_long, hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
+                            crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
         else:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds, sampling=d.sampling,
-                            segment_seconds=d.segment_seconds)
+                            segment_seconds=d.segment_seconds, hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
+                            crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
         backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
         return build_loader(backend, d.shards, d.train_split, spec,
                             **loader_kwargs(cfg, mean=self.mean, std=self.std, rank=self.rank, world=self.world))
