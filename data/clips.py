@@ -59,6 +59,7 @@ class ClipSpec:
     crop_scale: tuple | None = None  # training: random resized crop area fraction (lo, hi); None: plain random crop
     crop_ratio: tuple = (0.75, 4 / 3)  # its aspect ratio range (width / height)
     hflip: float = 0.0  # training: probability of a horizontal flip
+    window_labels: str = "video"  # multi-label training: "timed" = the actions overlapping the clip; "video" = all
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -73,6 +74,8 @@ class ClipSpec:
             raise ValueError(f"crop_ratio: need 0 < lo <= hi, got {self.crop_ratio}")
         if not 0.0 <= self.hflip <= 1.0:
             raise ValueError(f"hflip: a probability in [0, 1], got {self.hflip}")
+        if self.window_labels not in ("timed", "video"):
+            raise ValueError(f"window_labels: {self.window_labels!r} not allowed; allowed values: 'timed', 'video'")
         if self.val_clip not in ("center", "full"):
             raise ValueError(f"eval_clip: {self.val_clip!r} not allowed; allowed values: 'center', 'full'")
 
@@ -219,3 +222,22 @@ def spatial_transform(frames: torch.Tensor, size: int, mean, std, train: bool, r
     m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype)[:, None, None]
     return (x - m) / s
+
+
+def split_descriptions(text: str) -> list[str]:
+    """The captions of one video: Charades' ``descriptions`` field holds one per annotator separated
+    by ``;`` (``Charades_v1_train.csv``); empty parts are dropped. A plain caption is a list of one."""
+    return [p.strip() for p in (text or "").split(";") if p.strip()] or [""]
+
+
+def window_targets(actions: list, bounds: tuple, duration: float, num_classes: int) -> torch.Tensor:
+    """Multi-hot (C,) targets of a window: the classes of the timed ``actions`` ([class, start, end]
+    seconds, Charades' ``actions`` field) whose interval, clamped to [0, ``duration``] (annotations
+    may run past the video), overlaps the window ``bounds`` = (start, end) seconds."""
+    out = torch.zeros(num_classes)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    for c, start, end in actions:
+        start, end = min(max(float(start), 0.0), duration), min(max(float(end), 0.0), duration)
+        if start < hi and end > lo:
+            out[int(c)] = 1.0
+    return out

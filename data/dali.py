@@ -147,10 +147,11 @@ class DaliVideoLoader(ClipLoader):
                 feed_ndarray(t, frames, cuda_stream=torch.cuda.current_stream())
             else:
                 frames = torch.from_numpy(np.array(frames_tl[i]))  # (F, 3, S, S)
-            plans = plan_clips(self.maker.spec, frames.shape[0], float(meta.get("fps") or 0) or 1.0,
-                               sample_rng(self.seed, self.epoch, key))
+            rng = sample_rng(self.seed, self.epoch, key)
+            plans = plan_clips(self.maker.spec, frames.shape[0], float(meta.get("fps") or 0) or 1.0, rng)
             outs += self.maker.assemble(key, meta, plans,
-                                        lambda idx, f=frames: f[torch.as_tensor(idx, device=f.device)])  # (T, 3, S, S)
+                                        lambda idx, f=frames: f[torch.as_tensor(idx, device=f.device)],  # (T, 3, S, S)
+                                        rng)
         return outs
 
     def __iter__(self):

@@ -28,6 +28,7 @@ import torch
 
 
 from s5video.data.base import ClipLoader
+from s5video.data.clips import sample_rng, split_descriptions
 
 def feature_path(root: str, split: str) -> str:
     """The cache file of ``split`` in the cache directory ``root``."""
@@ -89,6 +90,11 @@ def write_feature_cache(records: Iterable[dict], path: str, num_tokens: int, dim
         os.unlink(os.path.join(tmpdir, p))
     os.rmdir(tmpdir)
     return n
+
+
+def _pick(text: str, rng) -> str:
+    refs = split_descriptions(text)
+    return refs[int(rng.integers(len(refs)))]
 
 
 def _order(sample_order):
@@ -165,7 +171,9 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
 
 class FeatureLoader(ClipLoader):
     """Batches of one rank from a cache file: ``tokens`` (B, T*P, D) float32, ``label``, ``video_id``
-    (list of B), ``bounds`` (B, 2) seconds, and ``caption`` (list of B) when the cache has captions. A cache of single segments (``tools/extract_features.py``
+    (list of B), ``bounds`` (B, 2) seconds, and ``caption`` (list of B) when the cache has captions:
+    in training one of the video's ``;``-separated descriptions per clip (seeded by seed, epoch, clip),
+    in evaluation the whole field. A cache of single segments (``tools/extract_features.py``
     with ``data.sampling: segments``) yields each video once per epoch as T = ``frames`` of its
     segments, drawn afresh each epoch (:func:`_segment_order`).
 
@@ -244,8 +252,12 @@ class FeatureLoader(ClipLoader):
                 bounds = torch.stack([bounds[::T, 0], bounds[T - 1::T, 1]], 1)  # (B, 2) first start, last end
             batch = {"tokens": tokens, "label": label, "video_id": [self.video_ids[int(v)] for v in video],
                      "bounds": bounds}
-            if self.captions is not None:  # captioning: each clip's video's reference caption
-                batch["caption"] = [self.captions[v] for v in batch["video_id"]]
+            if self.captions is not None:  # captioning: each clip's video's captions (`;`-separated)
+                texts = [self.captions[v] for v in batch["video_id"]]
+                if not self.finite:  # training: one description per clip, drawn as the video path draws it
+                    texts = [_pick(t, sample_rng(self.seed, self.epoch, f"{v}@{float(b[0]):.3f}"))
+                             for t, v, b in zip(texts, batch["video_id"], bounds)]
+                batch["caption"] = texts
             yield batch
         if not self.finite:
             self.epoch, self.step = self.epoch + 1, 0

@@ -32,7 +32,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from s5video.data.base import ClipLoader
-from s5video.data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform
+from s5video.data.clips import ClipSpec, plan_clips, sample_rng, spatial_transform, split_descriptions, window_targets
 from s5video.data.cpu import ShardStream, decode_video
 from s5video.data.sources import deal_pieces, elastic_pieces, resolve_shards
 from s5video.trainer.compat import loader_dataset_states, loader_live_iterator, loader_stop_workers
@@ -89,16 +89,28 @@ class SampleMaker:
             return spatial_transform(torch.from_numpy(frames[rows]), self.size, self.mean, self.std, train, rng,
                                      self.spec.crop_scale, self.spec.crop_ratio, self.spec.hflip)
 
-        return self.assemble(key, meta, plans, clip)
+        return self.assemble(key, meta, plans, clip, rng)
 
-    def assemble(self, key: str, meta: dict, plans: list[dict], clip) -> list[dict]:
+    def assemble(self, key: str, meta: dict, plans: list[dict], clip, rng) -> list[dict]:
         """The output dicts of one video: ``clip(indices) -> (T, 3, S, S)`` cuts each planned clip
-        from the one decoded sequence; adds label, video_id and bounds (seconds)."""
+        from the one decoded sequence; adds label, video_id and bounds (seconds).
+
+        With ``spec.window_labels == "timed"`` (training specs only: evaluation scores whole videos)
+        each clip of a multi-label video with timed ``actions`` gets the actions overlapping it (:func:`data.clips.window_targets`); a
+        captioning clip gets, in training, one of the video's ``;``-separated descriptions drawn with
+        the sample's ``rng`` (the same on resume), in evaluation the whole field (every reference)."""
+        train = self.spec.mode in ("train", "pretrain")
+        timed = self.task == "multilabel" and self.spec.window_labels == "timed" and meta.get("actions") is not None
         outs = []
         for plan in plans:
             sample = {"label": self.label(meta), "video_id": meta.get("key", key)}
             if self.task == "captioning":  # Charades' descriptions; the demo's captions per class range
-                sample["caption"] = meta.get("descriptions") or ""
+                text = meta.get("descriptions") or ""
+                refs = split_descriptions(text)
+                sample["caption"] = refs[int(rng.integers(len(refs)))] if train else text
+            if timed:
+                duration = float(meta.get("duration") or 0.0) or float(plan["video"][1][1])
+                sample["label"] = window_targets(meta["actions"], plan["video"][1], duration, self.num_classes)
             for name, (idx, bounds) in plan.items():
                 sample[name] = clip(idx)
                 sample["bounds" if name == "video" else f"{name}_bounds"] = torch.tensor(bounds, dtype=torch.float32)

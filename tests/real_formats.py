@@ -221,8 +221,10 @@ def charades_classes_txt(path: Path) -> None:
 
 
 def build_charades(pool: list[Path], root: Path) -> dict:
-    """``Charades_v1_train.csv`` / ``Charades_v1_test.csv`` (quoted fields, ``actions`` with times,
-    empty ``actions``, captions with commas), ``Charades_v1_classes.txt`` and ``Charades_v1_480/<id>.mp4``."""
+    """``Charades_v1_train.csv`` / ``Charades_v1_test.csv`` (quoted fields, ``actions`` with times -
+    one running past the 3-s video, as real annotations do -, empty ``actions``, two descriptions
+    separated by ``;`` with commas inside), ``Charades_v1_classes.txt`` and ``Charades_v1_480/<id>.mp4``.
+    Most of the 157 classes have no positive in test."""
     k = 0
     for split, n in (("train", 8), ("test", 3)):
         path = root / f"Charades_v1_{split}.csv"
@@ -233,7 +235,8 @@ def build_charades(pool: list[Path], root: Path) -> dict:
                 vid = f"{chr(65 + k % 26)}{k:02d}G8"
                 acts = [] if j == 1 else [f"c{(k * 37) % 157:03d} 0.00 2.10", f"c{(k * 11 + 3) % 157:03d} 1.20 9.80"]
                 w.writerow([vid, f"HR{k:02d}", "Kitchen", 6, 7, "Yes", "A person holds a cup, then sits.",
-                            "cup;chair", "A person is holding a cup. Then, they sit down on a chair.",
+                            "cup;chair", f"A person is holding cup {j}. Then, they sit down on a chair.;"
+                            f"Someone holds cup {j}, sits on a chair",  # one description per annotator, `;`
                             ";".join(acts), "3.00"])
                 _put(pool, k, root / "Charades_v1_480" / f"{vid}.mp4")
                 k += 1

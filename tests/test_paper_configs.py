@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from s5video.data.clips import split_descriptions
+
 from tests import real_formats
 from tests.helpers import TINY, stub_shards
 from s5video.tools.datasets import LVU_TASKS
@@ -102,7 +104,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
             descriptions = {row["id"]: row["descriptions"] for row in csv.DictReader(f)}
         rows = [json.loads(l) for l in (run / "predictions_test.jsonl").read_text().splitlines()]
         assert sorted(r["video_id"] for r in rows) == sorted(descriptions)
-        assert all(r["reference"] == descriptions[r["video_id"]] and isinstance(r["caption"], str) for r in rows)
+        assert all(r["references"] == split_descriptions(descriptions[r["video_id"]]) and len(r["references"]) == 2
+                   and isinstance(r["caption"], str) for r in rows)  # every annotator's description
     if stage == "charades_videomamba":  # seed 004's side-by-side strides = separate evaluations at each stride
         by_stride = results["test_by_stride"]
         assert list(by_stride) == ["2s", "1s", "0.5s"] and by_stride["2s"] == results["test"]

@@ -131,7 +131,7 @@ def test_caption_metrics_equal_their_formulas():
             f.append(0.0 if m == 0 else 2 * p * rc / (p + rc))
         return sum(f) / len(f)
 
-    m = caption_metrics(hyps, refs)
+    m = caption_metrics(hyps, [[r] for r in refs])
     for n in range(1, 5):
         assert m[f"bleu{n}"] == pytest.approx(bleu(n), rel=1e-6), n
     assert m["rouge1_f"] == pytest.approx(rouge(1)) and m["rouge2_f"] == pytest.approx(rouge(2))
@@ -158,3 +158,117 @@ def test_gpt2_captioner_learns_captions_and_decodes_them_greedy_and_by_beam(fram
     assert model.generate(x) == captions
     assert model.generate(x, num_beams=3) == captions
     assert len(model.generate(x, max_tokens=5)[0]) <= 5  # byte-level: 5 tokens = at most 5 characters
+
+
+def test_caption_metrics_score_against_every_reference():
+    """Several references per caption (Charades: one per annotator): BLEU clips each n-gram by its
+    largest count in any reference and takes the reference length closest to the hypothesis;
+    ROUGE takes the best reference - both transcribed here from Papineni et al. 2002 / rouge-score."""
+    import math
+    from collections import Counter
+
+    from s5video.trainer.evaluate import caption_metrics
+    hyps = ["a person opens a box", "a man is sitting on the sofa"]
+    refs = [["a person opens the door", "someone opens a box on the table"], ["a man sits on the sofa"]]
+
+    def grams(s, n):
+        w = s.split()
+        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+
+    def bleu(n):
+        logp = 0.0
+        for k in range(1, n + 1):
+            match = 0
+            for h, rs in zip(hyps, refs):
+                best = Counter()
+                for r in rs:
+                    best |= grams(r, k)  # the largest count of each n-gram in any reference
+                match += sum((grams(h, k) & best).values())
+            total = sum(sum(grams(h, k).values()) for h in hyps)
+            logp += math.log(match / total) / n
+        c = sum(len(h.split()) for h in hyps)
+        r = sum(min((len(x.split()) for x in rs), key=lambda L: (abs(L - len(h.split())), L))
+                for h, rs in zip(hyps, refs))
+        return min(1.0, math.exp(1 - r / c)) * math.exp(logp)
+
+    def rouge1(h, r):
+        m = sum((grams(h, 1) & grams(r, 1)).values())
+        p, rc = m / len(h.split()), m / len(r.split())
+        return 0.0 if m == 0 else 2 * p * rc / (p + rc)
+
+    m = caption_metrics(hyps, refs)
+    for n in (1, 2):
+        assert m[f"bleu{n}"] == pytest.approx(bleu(n), rel=1e-6), n
+    assert m["rouge1_f"] == pytest.approx(sum(max(rouge1(h, r) for r in rs) for h, rs in zip(hyps, refs)) / 2)
+    assert m["bleu1"] > caption_metrics(hyps, [[rs[0]] for rs in refs])["bleu1"]  # the second reference counts
+
+
+def test_charades_map_is_the_official_evaluator():
+    """trainer.evaluate.charades_map against Charades_v1_classify.m's THUMOSeventclspr transcribed
+    here: per class, sort by -score, precision at each rank, AP = sum of the precisions at the
+    positives / number of positives; classes without a positive are not averaged (and counted)."""
+    from s5video.trainer.evaluate import charades_map
+
+    def official(conf, gt):
+        order = sorted(range(len(conf)), key=lambda i: -conf[i])  # MATLAB's sort: stable
+        tp = fp = 0
+        ap = 0.0
+        npos = sum(1 for g in gt if g == 1)
+        for i in order:
+            if gt[i] == 1:
+                tp += 1
+                ap += tp / (tp + fp)
+            else:
+                fp += 1
+        return ap / npos
+
+    g = torch.Generator().manual_seed(0)
+    V, C = 40, 12
+    scores = torch.rand(V, C, generator=g).round(decimals=1)  # ties
+    labels = (torch.rand(V, C, generator=g) < 0.2).float()
+    labels[:, 3] = 0  # a class without a positive among these videos
+    labels[:, 5] = 0
+    want = [official(scores[:, c].tolist(), labels[:, c].tolist()) for c in range(C) if labels[:, c].any()]
+    m, used = charades_map(scores, labels)
+    assert used == C - 2 == len(want)
+    assert m == pytest.approx(sum(want) / len(want), rel=1e-12)
+    # torchmetrics' macro AP counts the empty classes as 0 (and interpolates ties): another number
+    import torchmetrics.functional as tmf
+    tm = tmf.average_precision(scores, labels.long(), task="multilabel", num_labels=C, average="macro").item()
+    assert abs(tm - m) > 1e-3
+    assert charades_map(scores, torch.zeros(V, C))[1] == 0
+
+
+def test_timed_window_targets_and_one_description_per_training_clip():
+    """A training window's targets are the actions overlapping it, clamped to the video (an action
+    annotated past the end still covers the last window); a training clip's caption is one of the
+    video's `;`-separated descriptions, the same for the same (seed, epoch, video), each of them over
+    epochs; evaluation keeps the whole field."""
+    from s5video.data.clips import ClipSpec, sample_rng, split_descriptions, window_targets
+    from s5video.data.loader import SampleMaker
+
+    actions = [[4, 0.0, 2.1], [7, 1.2, 9.8], [9, 12.0, 15.0]]  # a 3-s video: 7 runs past it, 9 starts after
+    assert window_targets(actions, (0.0, 1.0), 3.0, 10).nonzero().flatten().tolist() == [4]
+    assert window_targets(actions, (2.0, 3.0), 3.0, 10).nonzero().flatten().tolist() == [4, 7]
+    assert window_targets(actions, (2.5, 3.0), 3.0, 10).nonzero().flatten().tolist() == [7]
+    assert split_descriptions("A cup. Then a chair.; Someone sits;") == ["A cup. Then a chair.", "Someone sits"]
+    meta = {"key": "AB12", "descriptions": "first one;second, with a comma", "label": [4, 7], "actions": actions,
+            "duration": 3.0}
+    plans = [{"video": ([0, 1], (2.5, 3.0))}]
+
+    def make(mode, task, labels="video"):
+        return SampleMaker(ClipSpec(mode=mode, window_labels=labels), 8, (0.5,) * 3, (0.5,) * 3, 0, task, 10)
+
+    def clip(idx):
+        return torch.zeros(len(idx), 3, 8, 8)
+
+    timed = make("train", "multilabel", "timed").assemble("AB12", meta, plans, clip, sample_rng(0, 0, "AB12"))[0]
+    assert timed["label"].nonzero().flatten().tolist() == [7]
+    whole = make("val", "multilabel").assemble("AB12", meta, plans, clip, sample_rng(0, 0, "AB12"))[0]
+    assert whole["label"].nonzero().flatten().tolist() == [4, 7]
+    cap = make("train", "captioning")
+    picks = [cap.assemble("AB12", meta, plans, clip, sample_rng(0, e, "AB12"))[0]["caption"] for e in range(12)]
+    assert set(picks) == {"first one", "second, with a comma"}
+    assert picks[3] == cap.assemble("AB12", meta, plans, clip, sample_rng(0, 3, "AB12"))[0]["caption"]
+    assert make("val", "captioning").assemble("AB12", meta, plans, clip, sample_rng(0, 0, "AB12"))[0]["caption"] \
+        == meta["descriptions"]

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             num_tokens = per_frame
         elif split == d.train_split:
             stride = a.train_stride or d.clip_seconds
-            spec = ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride)
+            spec = ClipSpec(mode="windows", frames=d.frames, seconds=d.clip_seconds, stride=stride,
+                            window_labels=d.window_labels)  # training targets per window
         else:
             spec = eval_clip_spec(d)
         loader = build_loader("cpu", d.shards, split, spec, **loader_kwargs(

@@ -58,6 +58,11 @@ class DataConfig:
     # resized crop of this area fraction range [lo, hi] of the frame at an aspect ratio log-uniform in
     # crop_ratio, resized to image_size (null: resize the short side, random image_size crop), and a
     # horizontal flip with probability hflip. Evaluation always takes the centre crop.
+    # multi-label training targets of a clip: "timed" = the classes whose timed actions overlap it
+    # (Charades' start/end, clamped to the video), "video" = every class of the video
+    window_labels: Literal["timed", "video"] = "video"
+    # multi-label evaluation: a video's score per class from its windows' sigmoid scores, mean or max
+    window_aggregate: Literal["mean", "max"] = "mean"
     crop_scale: list[float] | None = None
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.0

@@ -11,29 +11,57 @@ import torch
 import torch.distributed as dist
 
 from s5video.data import build_loader, loader_kwargs
-from s5video.data.clips import ClipSpec
+from s5video.data.clips import ClipSpec, split_descriptions
 
 
 SELECTION_METRIC = {"classification": "top1", "multilabel": "mAP", "regression": "mse", "captioning": "loss"}
 
 
-def caption_metrics(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU-1..4 (sacrebleu, 13a tokenisation; BLEU-n = brevity penalty x geometric mean of the
-    1..n-gram precisions, Papineni et al. 2002) and mean ROUGE-1 / ROUGE-2 F-measures (rouge-score,
-    Lin 2004), all in [0, 1] as seed 004 reports them. One reference per hypothesis."""
+def caption_metrics(hypotheses: list[str], references: list[list[str]]) -> dict:
+    """Corpus BLEU-1..4 (sacrebleu, its default 13a tokenisation, case-sensitive; BLEU-n = brevity
+    penalty x geometric mean of the 1..n-gram precisions with n-grams clipped by their most frequent
+    count in any reference, Papineni et al. 2002) and mean ROUGE-1 / ROUGE-2 F-measures (rouge-score:
+    lower-cased words, no stemming, Lin 2004; with several references, the best-scoring one), all in
+    [0, 1] as seed 004 reports them. ``references``: every reference of each hypothesis (Charades:
+    one per annotator, :func:`data.clips.split_descriptions`)."""
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import BLEU
-    m = {f"bleu{n}": BLEU(max_ngram_order=n).corpus_score(hypotheses, [references]).score / 100 for n in range(1, 5)}
+    width = max(len(r) for r in references)
+    # sacrebleu takes reference streams aligned with the hypotheses; a video with fewer references
+    # repeats its last one, which changes neither the clipped counts nor the closest length
+    streams = [[r[min(i, len(r) - 1)] for r in references] for i in range(width)]
+    m = {f"bleu{n}": BLEU(max_ngram_order=n).corpus_score(hypotheses, streams).score / 100 for n in range(1, 5)}
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"])
-    scores = [scorer.score(r, h) for h, r in zip(hypotheses, references)]
+    scores = [scorer.score_multi(r, h) for h, r in zip(hypotheses, references)]
     for k in ("rouge1", "rouge2"):
         m[f"{k}_f"] = sum(s[k].fmeasure for s in scores) / max(1, len(scores))
     return m
 
 
-def aggregate_per_video(video_ids: list[str], outputs: torch.Tensor, labels: torch.Tensor, task: str):
-    """Combine clip outputs (N, C) per video: classification sums softmax scores, multi-label averages
-    sigmoid scores, regression averages. Returns (scores (V, C), labels (V, ...)) in video order."""
+def charades_map(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Charades' official mAP (``Charades_v1_classify.m``, its ``THUMOSeventclspr``): per class, the
+    videos sorted by descending score (ties in video order), AP = the mean of the precisions at the
+    ranks of its positives; the mean over the classes that have a positive - a class without one is
+    left out (its AP is 0/0 there). scores (V, C), labels (V, C) multi-hot. Returns (mAP, number of
+    classes averaged); (nan, 0) when no class has a positive."""
+    aps = []
+    for c in range(scores.shape[1]):
+        y = labels[:, c] > 0
+        npos = int(y.sum())
+        if npos == 0:
+            continue
+        order = torch.sort(-scores[:, c].double(), stable=True).indices  # (V,)
+        hit = y[order].double()  # (V,) 1 at each positive, in rank order
+        precision = hit.cumsum(0) / torch.arange(1, len(hit) + 1, dtype=torch.float64)  # (V,)
+        aps.append(float((precision * hit).sum()) / npos)
+    return (sum(aps) / len(aps), len(aps)) if aps else (float("nan"), 0)
+
+
+def aggregate_per_video(video_ids: list[str], outputs: torch.Tensor, labels: torch.Tensor, task: str,
+                        multilabel: str = "mean"):
+    """Combine clip outputs (N, C) per video: classification sums softmax scores, multi-label takes
+    the ``multilabel`` ("mean" | "max", ``data.window_aggregate``) of the sigmoid scores, regression
+    averages. Returns (scores (V, C), labels (V, ...)) in video order."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, v in enumerate(video_ids):
         groups[v].append(i)
@@ -43,7 +71,8 @@ def aggregate_per_video(video_ids: list[str], outputs: torch.Tensor, labels: tor
         if task == "classification":
             scores.append(o.softmax(-1).sum(0))
         elif task == "multilabel":
-            scores.append(o.sigmoid().mean(0))
+            p = o.sigmoid()  # (n, C)
+            scores.append(p.max(0).values if multilabel == "max" else p.mean(0))
         else:
             scores.append(o.reshape(len(idx), -1).mean(0))
         labs.append(labels[idx[0]])
@@ -58,8 +87,8 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, task: str, num_c
             m["top5"] = tmf.accuracy(scores, labels, task="multiclass", num_classes=num_classes, top_k=5).item()
         return m
     if task == "multilabel":
-        return {"mAP": tmf.average_precision(scores, labels.long(), task="multilabel", num_labels=num_classes,
-                                              average="macro").item()}
+        m, used = charades_map(scores, labels)
+        return {"mAP": m, "mAP_classes": used}
     return {"mse": tmf.mean_squared_error(scores.reshape(-1), labels.float().reshape(-1)).item()}
 
 
@@ -157,7 +186,7 @@ class Evaluator:
         lab = torch.cat([p[2] for p in parts if p[2] is not None])
         from s5video.models.heads import task_loss
         metrics = {"loss": task_loss(cfg.model.task, out, lab).item()}
-        scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task)
+        scores, vlabels = aggregate_per_video(ids, out, lab, cfg.model.task, cfg.data.window_aggregate)
         metrics.update(compute_metrics(scores, vlabels, cfg.model.task, self.num_classes))
         metrics["videos"] = len(vlabels)
         if any(p[3] for p in parts):  # shards that stayed unreadable after every retry: a short evaluation, said so
@@ -174,19 +203,21 @@ class Evaluator:
     @torch.no_grad()
     def captions(self, loader, details: bool):
         """A captioner on the clips of ``loader``: teacher-forced loss per clip, and one generated caption
-        per video (its first clip) scored against the video's caption. Every rank decodes its own videos
-        (ZeRO 0-2: no collective inside forward), the rows are gathered."""
+        per video (its first clip) scored against every reference of the video (a batch's ``caption``
+        holds the whole ``;``-separated field; the loss is taken on its first description). Every rank
+        decodes its own videos (ZeRO 0-2: no collective inside forward), the rows are gathered."""
         engine = self.engine
         engine.eval()
         rows, losses = {}, []
         for batch in loader:
             tokens, grid = self.tokens(batch, "video")  # (B, L, D)
-            losses.append((engine(tokens, grid=grid, captions=list(batch["caption"])).item(), len(tokens)))
+            refs = [split_descriptions(c) for c in batch["caption"]]
+            losses.append((engine(tokens, grid=grid, captions=[r[0] for r in refs]).item(), len(tokens)))
             first = [i for i, v in enumerate(batch["video_id"]) if v not in rows]
             if first:
                 caps = engine.module.caption(tokens[first])
                 for i, c in zip(first, caps):
-                    rows[batch["video_id"][i]] = {"video_id": batch["video_id"][i], "reference": batch["caption"][i],
+                    rows[batch["video_id"][i]] = {"video_id": batch["video_id"][i], "references": refs[i],
                                                   "caption": c}
         engine.train()
         local = (list(rows.values()), losses)
@@ -198,5 +229,5 @@ class Evaluator:
         if not rows:
             return ({}, {}) if details else {}
         metrics = {"loss": sum(l * w for p in parts for l, w in p[1]) / max(1, n),
-                   **caption_metrics([r["caption"] for r in rows], [r["reference"] for r in rows]), "videos": len(rows)}
+                   **caption_metrics([r["caption"] for r in rows], [r["references"] for r in rows]), "videos": len(rows)}
         return (metrics, {"predictions": rows}) if details else metrics

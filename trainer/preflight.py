@@ -294,6 +294,8 @@ def feature_cache_meta(cfg: Config, split: str) -> dict:
             "clip_seconds": d.clip_seconds, "shards": d.shards}
     if split == d.train_split:
         meta["clips"] = "all_segments" if d.sampling == "segments" else "windows"
+        if m.task == "multilabel" and d.sampling != "segments":
+            meta["window_labels"] = d.window_labels
     else:
         spec = eval_clip_spec(d)
         meta["clips"] = spec.mode if spec.mode == "windows" else ("segments" if spec.sampling == "segments"
@@ -307,7 +309,7 @@ _CACHE_KEYS = {"task": "model.task", "encoder": "model.encoder", "encoder_weight
                "frame_tokens": "model.frame_tokens", "spatial_grid": "model.spatial_grid",
                "image_size": "data.image_size", "frames": "data.frames", "sampling": "data.sampling",
                "segment_seconds": "data.segment_seconds", "clip_seconds": "data.clip_seconds",
-               "shards": "data.shards", "clips": "data.eval_clip", "stride_seconds": "data.eval_stride_seconds"}
+               "shards": "data.shards", "clips": "data.eval_clip", "window_labels": "data.window_labels", "stride_seconds": "data.eval_stride_seconds"}
 
 
 def _same_shards(a, b) -> bool:

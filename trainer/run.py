@@ -278,7 +278,8 @@ class Trainer:
                             crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
         else:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds, sampling=d.sampling,
-                            segment_seconds=d.segment_seconds, hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
+                            segment_seconds=d.segment_seconds, window_labels=d.window_labels,
+                            hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
                             crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
         backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
         return build_loader(backend, d.shards, d.train_split, spec,
