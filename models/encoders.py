@@ -20,6 +20,9 @@ applying spatial max-pooling with a varying stride individually on each frame" (
   "cls+patch" = all hidden states (B, 1 + T*h*w, D), "patch" = the patch tokens on their (T, h, w)
   grid. Weights from a local VideoMamba checkpoint file (``weights=``), else randomly initialised
   (the debug flavour for tests); ImageNet mean/std.
+* ``svt_{base,debug}`` - seed 004's other video encoder: SVT, a self-supervised TimeSformer-B/16
+  (:mod:`models.svt`, transformers' ``TimesformerModel``) over the whole clip; the same three token
+  choices; weights from SVT's released checkpoint file; Kinetics mean 0.45 / std 0.225.
 
 Encoders are frozen (no gradients, always in eval mode) and run under ``torch.inference_mode``;
 on CUDA they run in bf16 autocast.
@@ -183,10 +186,56 @@ class VideoMambaEncoder(FrozenFrameEncoder):
         return hidden[:, 1:], (T, H // p, W // p)  # (B, T*h*w, D)
 
 
+class SVTEncoder(FrozenFrameEncoder):
+    """Frozen SVT (:mod:`models.svt`: a self-supervised TimeSformer-B/16 through ``transformers``'
+    ``TimesformerModel``) over whole clips: video (B, T, 3, H, W) -> "cls" (B, 1, D), "cls+patch"
+    (B, 1 + T*h*w, D) or "patch" (B, T*h*w, D) on the (T, H/16, W/16) grid, patch tokens reordered
+    frame-major. Weights: SVT's released checkpoint file (``weights=``); without one the flavour is
+    randomly initialised (seeded: the same in every process; the debug flavour for tests).
+    Normalisation: SVT's Kinetics mean 0.45 / std 0.225 (its ``utils/defaults.py``).
+    ``spatial_grid`` is not supported (ValueError)."""
+
+    has_cls = True
+    mean = (0.45, 0.45, 0.45)
+    std = (0.225, 0.225, 0.225)
+    flavour = "base"  # a key of models.svt.FLAVOURS; one subclass per flavour in ENCODERS
+
+    def __init__(self, weights: str | None = None, frame_tokens: str = "cls", spatial_grid: int = 0):
+        super().__init__()
+        self.configure(frame_tokens, spatial_grid)
+        if spatial_grid:
+            raise ValueError("model.spatial_grid: not supported by the SVT video encoder; use 0")
+        from s5video.models.svt import FLAVOURS, build_timesformer, load_svt  # noqa: PLC0415
+        if weights:
+            self.net = load_svt(weights, self.flavour)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.net = build_timesformer(self.flavour, num_frames=8,
+                                             image_size=64 if self.flavour == "debug" else 224)
+        self.dim = FLAVOURS[self.flavour][0]
+        self.freeze()
+
+    def forward(self, video: torch.Tensor):
+        B, T, _, H, W = video.shape
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
+            hidden = self.net(pixel_values=video).last_hidden_state  # (B, 1 + h*w*T, D), patch-major
+        hidden = hidden.float().clone()  # a normal tensor again (see FrozenFrameEncoder.forward)
+        h, w, D = H // 16, W // 16, hidden.shape[-1]
+        patches = hidden[:, 1:].reshape(B, h * w, T, D).transpose(1, 2).reshape(B, T * h * w, D)  # frame-major
+        if self.frame_tokens == "cls":
+            return hidden[:, :1], None  # (B, 1, D)
+        if self.frame_tokens == "cls+patch":
+            return torch.cat([hidden[:, :1], patches], 1), None  # (B, 1 + T*h*w, D)
+        return patches, (T, h, w)  # (B, T*h*w, D)
+
+
 ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder,
             **{f"videomamba_{f}": type(f"VideoMamba{f.title()}Encoder", (VideoMambaEncoder,),
                                                {"flavour": f, "needs_weights": f != "debug"})
-               for f in ("tiny", "small", "middle", "debug")}}
+               for f in ("tiny", "small", "middle", "debug")},
+            **{f"svt_{f}": type(f"SVT{f.title()}Encoder", (SVTEncoder,), {"flavour": f, "needs_weights": f != "debug"})
+               for f in ("base", "debug")}}
 
 
 def create_encoder(name: str, weights: str | None = None, frame_tokens: str = "patch",

@@ -72,6 +72,7 @@ SLOW = {
     "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[coin]",
     "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[charades_videomamba]",
     "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[charades_caption]",
+    "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[charades_svt]",
     "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[lvu_like]",
     "test_paper_configs.py::test_paper_config_from_real_format_to_test_metrics[lvu_relationship]",
     # every registered model trains: width 16

@@ -38,7 +38,7 @@ SHARD = ["--fps", "4", "--short-side", "64", "--workers", "2", "--no-progress"]
 LVU_DEFAULT = ("relationship", "like", "view")
 CASES = [("k600_pretrain", "kinetics", None), ("coin", "coin", None), ("breakfast", "breakfast", None),
          ("charades", "charades", None), ("charades_videomamba", "charades", None),
-         ("charades_caption", "charades", None)] + [
+         ("charades_caption", "charades", None), ("charades_svt", "charades", None)] + [
     pytest.param(f"lvu_{t}", "lvu", t, marks=() if t in LVU_DEFAULT else pytest.mark.slow, id=f"lvu_{t}")
     for t in LVU_TASKS]
 
@@ -75,6 +75,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
                "charades_videomamba": ["model.encoder=videomamba_debug", "model.mlp_layers=[16]",
                                        "data.eval_stride_seconds=2.0", "data.eval_strides_seconds=[0,1.0,0.5]"],
                "charades_caption": ["model.encoder=videomamba_debug", "model.depth=1", "model.caption_max_tokens=16"],
+               # seed 004's SVT row: the debug TimeSformer (its 8-frame time embedding read at 2 frames)
+               "charades_svt": ["model.encoder=svt_debug", "model.mlp_layers=[16]"],
                }.get(stage, [])
     if stage == "k600_pretrain":
         cmd = ["launchers/submit.py", "--local", *ONE_RANK, "pretrain"]
@@ -87,7 +89,8 @@ def test_paper_config_from_real_format_to_test_metrics(stage, dataset, lvu_task,
     assert data["sampling"] == ("segments" if stage in ("coin", "breakfast") else "window")  # the authors' protocol
     resolved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert resolved["kernel"] == ("s4d" if stage == "charades" else "s4")
-    assert resolved["frame_tokens"] == {"charades_videomamba": "cls", "charades_caption": "cls+patch"}.get(stage, "patch")
+    assert resolved["frame_tokens"] == {"charades_videomamba": "cls", "charades_caption": "cls+patch",
+                                        "charades_svt": "cls"}.get(stage, "patch")
     assert results["steps"] == 2
     if stage == "k600_pretrain":  # LSMCL on train+test: the unlabelled Kinetics test CSV is pretraining data
         assert results["mode"] == "pretrain" and results["train"]["final_loss"] > 0
