@@ -36,6 +36,13 @@ def demo_shards(tmp_path_factory, demo_footage) -> Path:
 # tier (`make test`, <= 12 min on a 2-core machine) already runs once. The representative that stays
 # is named after each group.
 SLOW = {
+    # one-line errors before anything runs: test_own_data.py::test_bad_settings_are_one_line_errors
+    "test_own_data.py::test_busy_master_port_is_one_line",
+    # ViS4mer's paper-scale shapes (d 1024, 60 x 197 tokens): test_pooling_stops_at_one_token, test_authors_block.py
+    "test_models.py::test_vis4mer_paper_shapes_avg1d_and_max_st",
+    # export and predict of a trained run: the [vis4mer-zero3] cases (S5 is exported in test_own_data.py)
+    "test_export.py::test_exported_model_equals_the_engine_on_the_test_clips[s5-zero1]",
+    "test_export.py::test_predict_answers_files_like_the_shard_path_and_reports_a_bad_file[s5-zero1]",
     # augmentation on DALI against the CPU path: test_loader.py::test_random_resized_crop_boxes_follow_their_ranges_and_the_clip_shares_one_draw
     "test_dali.py::test_dali_augmentation_matches_the_cpu_backend",
     # resume after a kill: test_sigterm_saves_and_exits_cleanly_then_resumes
