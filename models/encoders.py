@@ -148,86 +148,92 @@ class ViTEncoder(FrozenFrameEncoder):
         return h[:, 1:], (side, side), h[:, :1]  # (N, h*w, D), (h, w), (N, 1, D)
 
 
-class VideoMambaEncoder(FrozenFrameEncoder):
-    """Frozen VideoMamba over whole clips: video (B, T, 3, H, W) -> hidden states as configured
-    (see the module docstring). ``spatial_grid`` is not supported (ValueError)."""
+class VideoEncoder(FrozenFrameEncoder):
+    """Base of the frozen *video* encoders (one network over the whole clip, a CLS token):
+    subclasses build ``self.net`` in :meth:`build` (seeded without weights: the same random encoder
+    in every process) and return ``(CLS (B, 1, D), patch tokens (B, T*h*w, D) frame-major, (h, w))``
+    from :meth:`hidden_states`; forward picks the configured tokens. ``spatial_grid`` is not
+    supported (ValueError)."""
 
     has_cls = True
-    mean = (0.485, 0.456, 0.406)
-    std = (0.229, 0.224, 0.225)
-    flavour = "middle"  # a key of models.videomamba.FLAVOURS; one subclass per flavour in ENCODERS
+    flavour = ""  # one subclass per flavour in ENCODERS
 
     def __init__(self, weights: str | None = None, frame_tokens: str = "cls", spatial_grid: int = 0):
         super().__init__()
-        flavour = self.flavour
         self.configure(frame_tokens, spatial_grid)
         if spatial_grid:
-            raise ValueError("model.spatial_grid: not supported by the VideoMamba video encoder; use 0")
-        from s5video.models.videomamba import FLAVOURS, VideoMamba, load_videomamba_weights  # noqa: PLC0415
-        dim, depth = FLAVOURS[flavour]
-        with torch.random.fork_rng(devices=[]):  # without weights: the same random encoder in every process
+            raise ValueError(f"model.spatial_grid: not supported by the {type(self).__name__} video encoder; use 0")
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.net = VideoMamba(dim, depth, d_state=8 if flavour == "debug" else 16)
-        if weights:
-            load_videomamba_weights(self.net, weights)
-        self.dim = dim
+            self.dim = self.build(weights)
         self.freeze()
 
+    def build(self, weights: str | None) -> int:
+        """Set ``self.net`` (with ``weights`` when given); return the width D."""
+        raise NotImplementedError
+
+    def hidden_states(self, video: torch.Tensor):
+        raise NotImplementedError
+
     def forward(self, video: torch.Tensor):
-        B, T, _, H, W = video.shape
+        T = video.shape[1]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
-            hidden = self.net(video)  # (B, 1 + T*h*w, D)
-        hidden = hidden.float().clone()  # a normal tensor again (see FrozenFrameEncoder.forward)
+            cls, patches, (h, w) = self.hidden_states(video)  # (B, 1, D), (B, T*h*w, D)
+        cls, patches = cls.float().clone(), patches.float().clone()  # normal tensors again (FrozenFrameEncoder.forward)
         if self.frame_tokens == "cls":
-            return hidden[:, :1], None  # (B, 1, D)
+            return cls, None  # (B, 1, D)
         if self.frame_tokens == "cls+patch":
-            return hidden, None  # (B, 1 + T*h*w, D)
+            return torch.cat([cls, patches], 1), None  # (B, 1 + T*h*w, D)
+        return patches, (T, h, w)  # (B, T*h*w, D)
+
+
+class VideoMambaEncoder(VideoEncoder):
+    """Frozen VideoMamba (:mod:`models.videomamba`) over whole clips: video (B, T, 3, H, W) -> the
+    configured tokens (module docstring); weights from a VideoMamba checkpoint file; ImageNet mean/std."""
+
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+    flavour = "middle"  # a key of models.videomamba.FLAVOURS
+
+    def build(self, weights: str | None) -> int:
+        from s5video.models.videomamba import FLAVOURS, VideoMamba, load_videomamba_weights  # noqa: PLC0415
+        dim, depth = FLAVOURS[self.flavour]
+        self.net = VideoMamba(dim, depth, d_state=8 if self.flavour == "debug" else 16)
+        if weights:
+            load_videomamba_weights(self.net, weights)
+        return dim
+
+    def hidden_states(self, video: torch.Tensor):
+        H, W = video.shape[-2:]
+        hidden = self.net(video)  # (B, 1 + T*h*w, D), frame-major
         p = self.net.patch_size
-        return hidden[:, 1:], (T, H // p, W // p)  # (B, T*h*w, D)
+        return hidden[:, :1], hidden[:, 1:], (H // p, W // p)
 
 
-class SVTEncoder(FrozenFrameEncoder):
+class SVTEncoder(VideoEncoder):
     """Frozen SVT (:mod:`models.svt`: a self-supervised TimeSformer-B/16 through ``transformers``'
     ``TimesformerModel``) over whole clips: video (B, T, 3, H, W) -> "cls" (B, 1, D), "cls+patch"
     (B, 1 + T*h*w, D) or "patch" (B, T*h*w, D) on the (T, H/16, W/16) grid, patch tokens reordered
     frame-major. Weights: SVT's released checkpoint file (``weights=``); without one the flavour is
-    randomly initialised (seeded: the same in every process; the debug flavour for tests).
-    Normalisation: SVT's Kinetics mean 0.45 / std 0.225 (its ``utils/defaults.py``).
-    ``spatial_grid`` is not supported (ValueError)."""
+    randomly initialised (the debug flavour for tests). Normalisation: SVT's Kinetics mean 0.45 /
+    std 0.225 (its ``utils/defaults.py``)."""
 
-    has_cls = True
     mean = (0.45, 0.45, 0.45)
     std = (0.225, 0.225, 0.225)
-    flavour = "base"  # a key of models.svt.FLAVOURS; one subclass per flavour in ENCODERS
+    flavour = "base"  # a key of models.svt.FLAVOURS
 
-    def __init__(self, weights: str | None = None, frame_tokens: str = "cls", spatial_grid: int = 0):
-        super().__init__()
-        self.configure(frame_tokens, spatial_grid)
-        if spatial_grid:
-            raise ValueError("model.spatial_grid: not supported by the SVT video encoder; use 0")
+    def build(self, weights: str | None) -> int:
         from s5video.models.svt import FLAVOURS, build_timesformer, load_svt  # noqa: PLC0415
-        if weights:
-            self.net = load_svt(weights, self.flavour)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                self.net = build_timesformer(self.flavour, num_frames=8,
-                                             image_size=64 if self.flavour == "debug" else 224)
-        self.dim = FLAVOURS[self.flavour][0]
-        self.freeze()
+        self.net = load_svt(weights, self.flavour) if weights else build_timesformer(
+            self.flavour, num_frames=8, image_size=64 if self.flavour == "debug" else 224)
+        return FLAVOURS[self.flavour][0]
 
-    def forward(self, video: torch.Tensor):
+    def hidden_states(self, video: torch.Tensor):
         B, T, _, H, W = video.shape
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
-            hidden = self.net(pixel_values=video).last_hidden_state  # (B, 1 + h*w*T, D), patch-major
-        hidden = hidden.float().clone()  # a normal tensor again (see FrozenFrameEncoder.forward)
+        hidden = self.net(pixel_values=video).last_hidden_state  # (B, 1 + h*w*T, D), patch-major
         h, w, D = H // 16, W // 16, hidden.shape[-1]
         patches = hidden[:, 1:].reshape(B, h * w, T, D).transpose(1, 2).reshape(B, T * h * w, D)  # frame-major
-        if self.frame_tokens == "cls":
-            return hidden[:, :1], None  # (B, 1, D)
-        if self.frame_tokens == "cls+patch":
-            return torch.cat([hidden[:, :1], patches], 1), None  # (B, 1 + T*h*w, D)
-        return patches, (T, h, w)  # (B, T*h*w, D)
+        return hidden[:, :1], patches, (h, w)
 
 
 ENCODERS = {"efficientnet_lite0": EfficientNetLite0, "vit_large_patch16_224_in21k": ViTEncoder, "vit": ViTEncoder,

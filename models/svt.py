@@ -37,23 +37,25 @@ FLAVOURS = {"base": (768, 12, 12), "debug": (32, 2, 2)}
 PATCH = 16
 _CONTAINERS = ("teacher", "model", "state_dict", "module", "student")
 _PREFIXES = ("module.", "backbone.", "model.", "encoder.")
-_RULES = [  # (SVT pattern, transformers name), applied to the whole key
-    (r"cls_token", "embeddings.cls_token"),
-    (r"pos_embed", "embeddings.position_embeddings"),
-    (r"time_embed", "embeddings.time_embeddings"),
-    (r"patch_embed\.proj\.(\w+)", r"embeddings.patch_embeddings.projection.\1"),
-    (r"blocks\.(\d+)\.norm1\.(\w+)", r"encoder.layer.\1.layernorm_before.\2"),
-    (r"blocks\.(\d+)\.norm2\.(\w+)", r"encoder.layer.\1.layernorm_after.\2"),
-    (r"blocks\.(\d+)\.attn\.qkv\.(\w+)", r"encoder.layer.\1.attention.attention.qkv.\2"),
-    (r"blocks\.(\d+)\.attn\.proj\.(\w+)", r"encoder.layer.\1.attention.output.dense.\2"),
-    (r"blocks\.(\d+)\.temporal_norm1\.(\w+)", r"encoder.layer.\1.temporal_layernorm.\2"),
-    (r"blocks\.(\d+)\.temporal_attn\.qkv\.(\w+)", r"encoder.layer.\1.temporal_attention.attention.qkv.\2"),
-    (r"blocks\.(\d+)\.temporal_attn\.proj\.(\w+)", r"encoder.layer.\1.temporal_attention.output.dense.\2"),
-    (r"blocks\.(\d+)\.temporal_fc\.(\w+)", r"encoder.layer.\1.temporal_dense.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc1\.(\w+)", r"encoder.layer.\1.intermediate.dense.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc2\.(\w+)", r"encoder.layer.\1.output.dense.\2"),
-    (r"norm\.(\w+)", r"layernorm.\1"),
-]
+_TOP = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+        "time_embed": "embeddings.time_embeddings", "patch_embed.proj": "embeddings.patch_embeddings.projection",
+        "norm": "layernorm"}
+_LAYER = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.qkv": "attention.attention.qkv",
+          "attn.proj": "attention.output.dense", "temporal_norm1": "temporal_layernorm",
+          "temporal_attn.qkv": "temporal_attention.attention.qkv",
+          "temporal_attn.proj": "temporal_attention.output.dense", "temporal_fc": "temporal_dense",
+          "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def _rename(name: str) -> str | None:
+    """transformers' name of SVT's tensor ``name`` (prefixes removed), or None when none applies."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+    if m and m.group(2) in _LAYER:
+        return f"encoder.layer.{m.group(1)}.{_LAYER[m.group(2)]}.{m.group(3)}"
+    base, _, leaf = name.rpartition(".")
+    if name in _TOP:  # the embeddings are parameters of their own
+        return _TOP[name]
+    return f"{_TOP[base]}.{leaf}" if base in _TOP else None
 
 
 def build_timesformer(flavour: str = "base", num_frames: int = 8, image_size: int = 224):
@@ -88,12 +90,10 @@ def svt_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
             name = name.split(".", 1)[1]
         if name.startswith("head.") or name.startswith("head_"):
             continue
-        for pattern, repl in _RULES:
-            if re.fullmatch(pattern, name):
-                out[re.sub(pattern, repl, name)] = value
-                break
-        else:
+        target = _rename(name)
+        if target is None:
             raise ValueError(f"SVT checkpoint: no TimeSformer tensor is named {key!r}")
+        out[target] = value
     return out
 
 

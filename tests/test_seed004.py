@@ -99,26 +99,28 @@ def test_mlp_head_weighted_average_of_hidden_states():
     assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.7 for m in head.modules()) == 2
 
 
+def _grams(s: str, n: int):
+    """The word n-grams of ``s`` with their counts."""
+    from collections import Counter
+    w = s.split()
+    return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+
+
 def test_caption_metrics_equal_their_formulas():
     """BLEU-n = BP x geometric mean of clipped 1..n-gram precisions over the corpus; ROUGE-n F = the
     harmonic mean of n-gram recall and precision, averaged over captions (sentences lower-case,
     no punctuation, so tokenisers agree)."""
     import math
-    from collections import Counter
 
     from s5video.trainer.evaluate import caption_metrics
     hyps = ["a person opens a box", "a man is sitting on the sofa"]
     refs = ["a person opens a box on the table", "a man sits on the sofa"]
 
-    def grams(s, n):
-        w = s.split()
-        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
-
     def bleu(n):
         logp = 0.0
         for k in range(1, n + 1):
-            match = sum(sum((grams(h, k) & grams(r, k)).values()) for h, r in zip(hyps, refs))
-            total = sum(sum(grams(h, k).values()) for h in hyps)
+            match = sum(sum((_grams(h, k) & _grams(r, k)).values()) for h, r in zip(hyps, refs))
+            total = sum(sum(_grams(h, k).values()) for h in hyps)
             logp += math.log(match / total) / n
         c, r = sum(len(h.split()) for h in hyps), sum(len(r.split()) for r in refs)
         return min(1.0, math.exp(1 - r / c)) * math.exp(logp)
@@ -126,8 +128,8 @@ def test_caption_metrics_equal_their_formulas():
     def rouge(n):
         f = []
         for h, r in zip(hyps, refs):
-            m = sum((grams(h, n) & grams(r, n)).values())
-            p, rc = m / sum(grams(h, n).values()), m / sum(grams(r, n).values())
+            m = sum((_grams(h, n) & _grams(r, n)).values())
+            p, rc = m / sum(_grams(h, n).values()), m / sum(_grams(r, n).values())
             f.append(0.0 if m == 0 else 2 * p * rc / (p + rc))
         return sum(f) / len(f)
 
@@ -171,10 +173,6 @@ def test_caption_metrics_score_against_every_reference():
     hyps = ["a person opens a box", "a man is sitting on the sofa"]
     refs = [["a person opens the door", "someone opens a box on the table"], ["a man sits on the sofa"]]
 
-    def grams(s, n):
-        w = s.split()
-        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
-
     def bleu(n):
         logp = 0.0
         for k in range(1, n + 1):
@@ -182,9 +180,9 @@ def test_caption_metrics_score_against_every_reference():
             for h, rs in zip(hyps, refs):
                 best = Counter()
                 for r in rs:
-                    best |= grams(r, k)  # the largest count of each n-gram in any reference
-                match += sum((grams(h, k) & best).values())
-            total = sum(sum(grams(h, k).values()) for h in hyps)
+                    best |= _grams(r, k)  # the largest count of each n-gram in any reference
+                match += sum((_grams(h, k) & best).values())
+            total = sum(sum(_grams(h, k).values()) for h in hyps)
             logp += math.log(match / total) / n
         c = sum(len(h.split()) for h in hyps)
         r = sum(min((len(x.split()) for x in rs), key=lambda L: (abs(L - len(h.split())), L))
@@ -192,7 +190,7 @@ def test_caption_metrics_score_against_every_reference():
         return min(1.0, math.exp(1 - r / c)) * math.exp(logp)
 
     def rouge1(h, r):
-        m = sum((grams(h, 1) & grams(r, 1)).values())
+        m = sum((_grams(h, 1) & _grams(r, 1)).values())
         p, rc = m / len(h.split()), m / len(r.split())
         return 0.0 if m == 0 else 2 * p * rc / (p + rc)
 
