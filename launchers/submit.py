@@ -155,9 +155,6 @@ def features_overrides(config: str, overrides: list[str], features: bool) -> lis
         return first + overrides
     splits = sorted({p for v in splits_read(cfg).values() for p in v.split("+")})
     want = {s: feature_cache_meta(cfg, s) for s in splits}
-    for meta in want.values():
-        if meta["shards"] and "://" not in meta["shards"]:
-            meta["shards"] = os.path.realpath(meta["shards"])
     key = hashlib.sha1(json.dumps(want, sort_keys=True).encode()).hexdigest()[:10]
     root = os.path.join(os.path.dirname(os.path.normpath(cfg.run.dir)), "features", key)
     return first + [f"data.features={root}"] + overrides

@@ -70,10 +70,15 @@ def test_captions_are_cached_with_the_tokens_and_a_stale_cache_is_named(demo_sha
         video.update(zip(b["video_id"], b["caption"]))
     assert len(video) == 21 and cached == video and len(set(video.values())) > 1
     ok = load_config(REPO / cfg[0], [*cfg[1:], "data.backend=features", f"data.features={out}"])
+    other = tmp_path / "other_shards"  # other data: the same layout, one class renamed
+    other.mkdir()
+    manifest = json.loads((demo_shards / "manifest.json").read_text())
+    manifest["classes"][0] = "renamed"
+    (other / "manifest.json").write_text(json.dumps(manifest))
     assert feature_cache_stale(ok, "val") is None
     for key, value, says in (("data.image_size", "96", "data.image_size: cache 64, config 96"),
                              ("model.encoder", "vit", "model.encoder: cache 'efficientnet_lite0'"),
-                             ("data.shards", str(tmp_path), "data.shards: cache"),
+                             ("data.shards", str(other), "data.shards: the cache was extracted from other shards"),
                              ("model.task", "classification", "model.task: cache 'captioning'")):
         extra = ["model.name=s5_debug"] if key == "model.task" else []
         other = load_config(REPO / cfg[0], [*cfg[1:], "data.backend=features", f"data.features={out}",

@@ -67,9 +67,10 @@ def test_dry_run_pipeline_shows_dependent_finetunes(stubs):
     assert "config configs/lvu/relationship.yaml" in r.stdout
 
 
-def test_plan_scoped_overrides_and_baselines(demo_shards):
+def test_plan_scoped_overrides_and_baselines(demo_shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs' run dirs (runs/demo/...) here, not in a checkout that ran the demo
     args = submit.build_parser().parse_args(
-        ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}", "train.max_steps=3",
+        ["--local", "pipeline", "--config", str(REPO / "configs/demo_pretrain.yaml"), f"data.shards={demo_shards}", "train.max_steps=3",
          "pretrain:train.max_steps=5", "demo_vis4mer:model.depth=1", "pretrain:launch.finetune_features=false"])
     stages = {s.name: s for s in submit.plan(args)}
     assert list(stages) == ["pretrain", "demo", "demo_scratch", "demo_vis4mer", "demo_caption"]
@@ -83,11 +84,12 @@ def test_plan_scoped_overrides_and_baselines(demo_shards):
     assert stages["demo"].world_size == 2
 
 
-def test_pipeline_finetunes_share_one_feature_extraction(demo_shards):
+def test_pipeline_finetunes_share_one_feature_extraction(demo_shards, tmp_path, monkeypatch):
     """The demo pipeline (launch.finetune_features): the three classifiers wait for one extraction,
     the captioner (another encoder input) for its own; the S5 finetune also waits for pretraining."""
+    monkeypatch.chdir(tmp_path)  # the configs' run dirs (runs/demo/...) here
     args = submit.build_parser().parse_args(
-        ["--local", "pipeline", "--config", "configs/demo_pretrain.yaml", f"data.shards={demo_shards}"])
+        ["--local", "pipeline", "--config", str(REPO / "configs/demo_pretrain.yaml"), f"data.shards={demo_shards}"])
     stages = {s.name: s for s in submit.plan(args)}
     assert list(stages) == ["pretrain", "features_demo", "features_demo_caption", "demo", "demo_scratch",
                             "demo_vis4mer", "demo_caption"]
@@ -139,8 +141,8 @@ def test_features_stage_extracts_once_and_a_changed_input_extracts_again(demo_sh
     (["pipeline", "nosuchstage:train.max_steps=3"], "unknown stages ['nosuchstage']"),
     (["finetune", "--config", "configs/demo_pretrain.yaml"], None),  # a pretraining config is not a finetune
 ])
-def test_bad_input_is_a_clear_error(args, message, demo_shards):
-    r = cli("--dry-run", *args, f"data.shards={demo_shards}")
+def test_bad_input_is_a_clear_error(args, message, demo_shards, tmp_path):
+    r = cli("--dry-run", *args, f"data.shards={demo_shards}", f"run.dir={tmp_path / 'run'}")
     if message is None:
         assert r.returncode == 0  # finetune accepts any config path; the trainer runs its run.mode
         return

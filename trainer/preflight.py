@@ -283,7 +283,8 @@ def _check_model(cfg: Config) -> None:
 
 def feature_cache_meta(cfg: Config, split: str) -> dict:
     """What a frozen-feature cache of ``split`` must have been extracted with for ``cfg`` to train or
-    evaluate on it: the encoder, its input, how the clips were cut and from which shards. Written into
+    evaluate on it: the encoder, its input, how the clips were cut and from which data (a digest of
+    the shards' manifest, so a cache still serves after the shards moved or are gone). Written into
     the cache's ``<split>.beton.json`` by ``tools/extract_features.py`` and compared with the config by
     :func:`feature_cache_stale` (a reused cache directory must not feed another dataset's tokens)."""
     from s5video.trainer.evaluate import eval_clip_spec
@@ -291,7 +292,7 @@ def feature_cache_meta(cfg: Config, split: str) -> dict:
     meta = {"task": m.task, "encoder": m.encoder, "encoder_weights": m.encoder_weights, "frame_tokens": m.frame_tokens,
             "spatial_grid": m.spatial_grid, "image_size": d.image_size, "frames": d.frames, "sampling": d.sampling,
             "segment_seconds": d.segment_seconds if d.sampling == "segments" else None,
-            "clip_seconds": d.clip_seconds, "shards": d.shards}
+            "clip_seconds": d.clip_seconds, "manifest": _manifest_digest(d.shards)}
     if split == d.train_split:
         meta["clips"] = "all_segments" if d.sampling == "segments" else "windows"
         if m.task == "multilabel" and d.sampling != "segments":
@@ -305,16 +306,23 @@ def feature_cache_meta(cfg: Config, split: str) -> dict:
     return meta
 
 
+def _manifest_digest(shards: str) -> str | None:
+    """A digest of the shards' manifest (their splits, samples and classes): the same data wherever the
+    shards are, or were - a cache may outlive them. None when there is no readable manifest."""
+    import hashlib
+    try:
+        manifest = _manifest(shards)
+    except ConfigError:
+        return None
+    return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16] if manifest else None
+
+
 _CACHE_KEYS = {"task": "model.task", "encoder": "model.encoder", "encoder_weights": "model.encoder_weights",
                "frame_tokens": "model.frame_tokens", "spatial_grid": "model.spatial_grid",
                "image_size": "data.image_size", "frames": "data.frames", "sampling": "data.sampling",
                "segment_seconds": "data.segment_seconds", "clip_seconds": "data.clip_seconds",
-               "shards": "data.shards", "clips": "data.eval_clip", "window_labels": "data.window_labels", "stride_seconds": "data.eval_stride_seconds"}
-
-
-def _same_shards(a, b) -> bool:
-    local = [x for x in (a, b) if x and "://" not in str(x)]
-    return os.path.realpath(a) == os.path.realpath(b) if len(local) == 2 else a == b
+               "manifest": "data.shards", "clips": "data.eval_clip", "window_labels": "data.window_labels",
+               "stride_seconds": "data.eval_stride_seconds"}
 
 
 def feature_cache_stale(cfg: Config, split: str) -> str | None:
@@ -329,16 +337,17 @@ def feature_cache_stale(cfg: Config, split: str) -> str | None:
     if cfg.data.sampling != "segments":
         meta.setdefault("sampling", "window")
     if str(meta.get("encoder", "")).startswith("imported:"):  # tools/import_features.py: tokens made elsewhere
-        for k in ("encoder", "encoder_weights", "frame_tokens", "spatial_grid", "image_size", "shards"):
+        for k in ("encoder", "encoder_weights", "frame_tokens", "spatial_grid", "image_size", "manifest"):
             want.pop(k)
     diffs = []
     for k, v in want.items():
-        if k not in meta or (k == "clip_seconds" and cfg.data.sampling == "segments"):
+        if k not in meta or v is None or (k == "clip_seconds" and cfg.data.sampling == "segments"):
             continue  # a cache written before the key was recorded; segments ignore the window length
         got = meta[k]
-        same = _same_shards(got, v) if k == "shards" else (
-            got == v or (isinstance(v, float) and isinstance(got, (int, float)) and abs(got - v) < 1e-9))
-        if not same:
+        if k == "manifest" and got != v:
+            diffs.append(f"data.shards: the cache was extracted from other shards (their manifest differs; cache "
+                         f"from {meta.get('shards')!r})")
+        elif got != v and not (isinstance(v, float) and isinstance(got, (int, float)) and abs(got - v) < 1e-9):
             diffs.append(f"{_CACHE_KEYS[k]}: cache {got!r}, config {v!r}")
     if cfg.model.task == "captioning" and not os.path.exists(path + ".captions.json"):
         diffs.append("model.task: the cache holds no captions")
