@@ -76,10 +76,10 @@ def test_captions_are_cached_with_the_tokens_and_a_stale_cache_is_named(demo_sha
     manifest["classes"][0] = "renamed"
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert feature_cache_stale(ok, "val") is None
-    for key, value, says in (("data.image_size", "96", "data.image_size: cache 64, config 96"),
-                             ("model.encoder", "vit", "model.encoder: cache 'efficientnet_lite0'"),
+    for key, value, says in (("data.image_size", "96", "data.image_size: 96 in the config, 64 in the cache"),
+                             ("model.encoder", "vit", "model.encoder: 'vit' in the config, 'efficientnet_lite0' in the cache"),
                              ("data.shards", str(other), "data.shards: the cache was extracted from other shards"),
-                             ("model.task", "classification", "model.task: cache 'captioning'")):
+                             ("model.task", "classification", "model.task: 'classification' in the config, 'captioning' in the cache")):
         extra = ["model.name=s5_debug"] if key == "model.task" else []
         other = load_config(REPO / cfg[0], [*cfg[1:], "data.backend=features", f"data.features={out}",
                                             f"{key}={value}", *extra])

@@ -126,12 +126,12 @@ def test_features_stage_extracts_once_and_a_changed_input_extracts_again(demo_sh
     assert bigger.returncode == 0 and "features_demo_finetune" in bigger.stdout and f"features/{key}" not in bigger.stdout
     reused = cli("--local", "--dry-run", "finetune", *run, "data.image_size=96", f"data.features={cache / key}",
                  f"run.dir={tmp_path / 'ft4'}")
-    assert reused.returncode == 0 and "data.image_size: cache 64, config 96" in reused.stdout, reused.stdout
+    assert reused.returncode == 0 and "data.image_size: 96 in the config, 64 in the cache" in reused.stdout, reused.stdout
     # the trainer alone refuses the mismatched cache before training, naming the key
     direct = subprocess.run([sys.executable, "trainer/main.py", "--config", *run, "data.image_size=96",
                              f"data.features={cache / key}", f"run.dir={tmp_path / 'ft5'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert direct.returncode != 0 and "data.image_size: cache 64, config 96" in direct.stderr + direct.stdout
+    assert direct.returncode != 0 and "data.image_size: 96 in the config, 64 in the cache" in direct.stderr + direct.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -348,7 +348,7 @@ def feature_cache_stale(cfg: Config, split: str) -> str | None:
             diffs.append(f"data.shards: the cache was extracted from other shards (their manifest differs; cache "
                          f"from {meta.get('shards')!r})")
         elif got != v and not (isinstance(v, float) and isinstance(got, (int, float)) and abs(got - v) < 1e-9):
-            diffs.append(f"{_CACHE_KEYS[k]}: cache {got!r}, config {v!r}")
+            diffs.append(f"{_CACHE_KEYS[k]}: {v!r} in the config, {got!r} in the cache (extracted with {k}={got})")
     if cfg.model.task == "captioning" and not os.path.exists(path + ".captions.json"):
         diffs.append("model.task: the cache holds no captions")
     if diffs:
