@@ -327,7 +327,7 @@ _CACHE_KEYS = {"task": "model.task", "encoder": "model.encoder", "encoder_weight
 
 def feature_cache_stale(cfg: Config, split: str) -> str | None:
     """Why the cache of ``split`` in ``data.features`` cannot serve ``cfg`` (missing, or extracted with
-    other settings - one ``key: cache X, config Y`` per difference), or None when it can."""
+    other settings - one ``key: X in the config, Y in the cache`` per difference), or None when it can."""
     from s5video.data.features import feature_path
     path = feature_path(cfg.data.features, split)
     if not os.path.exists(path) or not os.path.exists(path + ".json"):
@@ -341,8 +341,9 @@ def feature_cache_stale(cfg: Config, split: str) -> str | None:
             want.pop(k)
     diffs = []
     for k, v in want.items():
-        if k not in meta or v is None or (k == "clip_seconds" and cfg.data.sampling == "segments"):
-            continue  # a cache written before the key was recorded; segments ignore the window length
+        unknown = k not in meta or (k == "manifest" and v is None)  # an older cache; shards without a manifest
+        if unknown or (k == "clip_seconds" and cfg.data.sampling == "segments"):  # segments: no window length
+            continue
         got = meta[k]
         if k == "manifest" and got != v:
             diffs.append(f"data.shards: the cache was extracted from other shards (their manifest differs; cache "
