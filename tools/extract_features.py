@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = build_loader("cpu", d.shards, split, spec, **loader_kwargs(
             cfg, mean=encoder.mean, std=encoder.std, batch_size=a.batch_size, num_workers=min(2, d.num_workers),
             task=task, num_classes=num_classes, finite=True, features=None))
-        clips = spec.mode if spec.mode in ("windows", "all_segments") else (
-            "segments" if spec.sampling == "segments" else spec.val_clip)
-        meta = {**feature_cache_meta(cfg, split), "split": split, "clips": clips, "shards": d.shards,
+        meta = {**feature_cache_meta(cfg, split), "split": split, "shards": d.shards,  # + how the clips were cut
                 "stride_seconds": spec.stride if spec.mode == "windows" else None,
                 "grid": list(grid) if grid else None}  # (T, H', W') of the tokens, for max_st pooling
         records = tqdm(window_records(loader, encoder, device), desc=f"encoding {split}", unit="clip")

@@ -8,6 +8,7 @@ and the fix.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -308,7 +309,17 @@ def feature_cache_meta(cfg: Config, split: str) -> dict:
 
 def _manifest_digest(shards: str) -> str | None:
     """A digest of the shards' manifest (their splits, samples and classes): the same data wherever the
-    shards are, or were - a cache may outlive them. None when there is no readable manifest."""
+    shards are, or were - a cache may outlive them. None when there is no readable manifest. A local
+    manifest is read once per version (path, mtime, size); a remote one at each call."""
+    path = os.path.join(shards, "manifest.json") if shards and "://" not in shards else None
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        return _digest_of(shards, st.st_mtime_ns, st.st_size)
+    return _digest_of.__wrapped__(shards, 0, 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_of(shards: str, mtime_ns: int, size: int) -> str | None:
     import hashlib
     try:
         manifest = _manifest(shards)
