@@ -271,16 +271,15 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def build_train_loader(self):
         cfg, d = self.cfg, self.cfg.data
+        augment = dict(hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),  # training augmentation, both modes
+                       crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
         if cfg.run.mode == "pretrain":
             spec = ClipSpec(mode="pretrain", long_frames=d.long_frames, long_seconds=d.long_seconds,
                             short_frames=d.short_frames, short_seconds=d.short_seconds,
-                            short_inside_long=d.short_inside_long, hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
-                            crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
+                            short_inside_long=d.short_inside_long, **augment)
         else:
             spec = ClipSpec(mode="train", frames=d.frames, seconds=d.clip_seconds, sampling=d.sampling,
-                            segment_seconds=d.segment_seconds, window_labels=d.window_labels,
-                            hflip=d.hflip, crop_ratio=tuple(d.crop_ratio),
-                            crop_scale=tuple(d.crop_scale) if d.crop_scale else None)
+                            segment_seconds=d.segment_seconds, window_labels=d.window_labels, **augment)
         backend = "cpu" if cfg.model.task == "captioning" and d.backend == "auto" else d.backend  # captions: CPU path
         return build_loader(backend, d.shards, d.train_split, spec,
                             **loader_kwargs(cfg, mean=self.mean, std=self.std, rank=self.rank, world=self.world))
